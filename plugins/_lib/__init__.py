@@ -1,0 +1,1 @@
+"""Implementations behind the built-in plugins (imported lazily by their factories)."""

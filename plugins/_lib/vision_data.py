@@ -1,0 +1,189 @@
+"""torchvision datasets behind the dataset plugins: finding the files, turning torchvision's uint8
+arrays into in-memory ImageSets, and one-line DataErrors in place of torchvision's tracebacks.
+
+torchvision is only ever asked to download when the config says ``download = true``; otherwise
+the expected files are checked here first, so a missing dataset never reaches torchvision (whose
+message suggests a download) and never touches the network.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rtk.data import DataSplits, FileImageSet, ImageSet
+from rtk.errors import DataError
+
+DATA_ENV = "RTK_DATA"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where torchvision reads a dataset from, relative to its root, and the files it needs."""
+
+    folder: str
+    files: tuple[str, ...]
+
+    def pattern(self) -> str:
+        return f"ROOT/{self.folder}/{{{', '.join(self.files)}}}"
+
+
+MNIST = Layout("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+CIFAR10 = Layout("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"))
+CIFAR100 = Layout("cifar-100-python", ("train", "test", "meta"))
+SVHN_SPLITS = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
+
+
+def resolve_root(root: str | None, dataset: str, example: str) -> tuple[Path, str]:
+    """The data root and where it came from (for messages): ``root``, else $RTK_DATA."""
+    if root is not None and str(root).strip():
+        return Path(root).expanduser().resolve(), "root"
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve(), DATA_ENV
+    raise DataError(f'{dataset}: no data folder given; set root = "DIR" in the dataset table or the environment '
+                    f"variable {DATA_ENV}=DIR, where DIR holds {example} (or set download = true as well, "
+                    "on a machine with network access, to fetch it there)")
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    first = first if len(first) <= 200 else first[:197] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def open_torchvision(dataset: str, layout: Layout, root: str | None, download: bool,
+                     build: Callable[[str, str], object], splits: tuple[str, ...]) -> list:
+    """``build(root, split)`` for each split, with missing or unreadable files as one DataError."""
+    base, source = resolve_root(root, dataset, f"{layout.folder}/...")
+    folder = base / layout.folder
+    if not download:
+        missing = [name for name in layout.files if not (folder / name).is_file()]
+        if missing:
+            what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+            raise DataError(f"{dataset}: dataset files not found in {folder} ({what}; {source} = {base}); rtk expects "
+                            f"{layout.pattern()}; point root (or {DATA_ENV}) at the folder that holds "
+                            f"{layout.folder}/, or set download = true on a machine with network access")
+    opened = []
+    for split in splits:
+        try:
+            opened.append(build(str(base), split))
+        except (DataError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if download:
+                raise DataError(f"{dataset}: could not download or read the {split} split into {folder} ({_cause(exc)}); "
+                                f"check the network connection, or copy the files there by hand ({layout.pattern()}) "
+                                "and set download = false") from None
+            raise DataError(f"{dataset}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look "
+                            f"corrupt or truncated: replace them with intact copies ({layout.pattern()}), or delete "
+                            "them and set download = true on a machine with network access") from None
+    return opened
+
+
+def to_image_set(images, labels, layout: str, dataset: str) -> ImageSet:
+    """An in-memory uint8 (N, C, H, W) ImageSet from arrays laid out as ``NHW``, ``NHWC`` or ``NCHW``."""
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    y = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if x.dtype != torch.uint8 or len(x) != len(y):
+        raise DataError(f"{dataset}: the files hold {len(x)} {x.dtype} images and {len(y)} labels; expected as many "
+                        "uint8 images as labels: replace the files with intact copies")
+    if layout == "NHW":
+        x = x.unsqueeze(1)
+    elif layout == "NHWC":
+        x = x.permute(0, 3, 1, 2)
+    elif layout != "NCHW":
+        raise ValueError(f"unknown layout {layout!r}")
+    return ImageSet(x.contiguous(), y.long())
+
+
+def load_mnist(config) -> DataSplits:
+    from torchvision import datasets
+
+    train, test = open_torchvision("mnist", MNIST, config.root, config.download,
+                                   lambda root, split: datasets.MNIST(root, train=split == "train", download=config.download),
+                                   ("train", "test"))
+    return DataSplits(to_image_set(train.data, train.targets, "NHW", "mnist"), to_image_set(test.data, test.targets, "NHW", "mnist"),
+                      num_classes=len(train.classes), class_names=list(train.classes), name="mnist")
+
+
+def load_cifar(config, classes: int) -> DataSplits:
+    from torchvision import datasets
+
+    name, layout, cls = ("cifar10", CIFAR10, datasets.CIFAR10) if classes == 10 else ("cifar100", CIFAR100, datasets.CIFAR100)
+    # torchvision verifies every file's md5 before unpickling it, so only the genuine batches are unpickled.
+    train, test = open_torchvision(name, layout, config.root, config.download,
+                                   lambda root, split: cls(root, train=split == "train", download=config.download),
+                                   ("train", "test"))
+    return DataSplits(to_image_set(train.data, train.targets, "NHWC", name), to_image_set(test.data, test.targets, "NHWC", name),
+                      num_classes=len(train.classes), class_names=list(train.classes), name=name)
+
+
+def load_svhn(config) -> DataSplits:
+    from torchvision import datasets
+
+    splits = ("train", "test", "extra") if config.extra else ("train", "test")
+    layout = Layout("SVHN", tuple(SVHN_SPLITS[s] for s in splits))
+    # torchvision's SVHN reads its .mat files straight from the root it is given; rtk gives it
+    # ROOT/SVHN so that one data root can hold every dataset side by side.
+    # Labels come back as 0..9: torchvision already maps the files' digit-0 label 10 to 0.
+    opened = open_torchvision("svhn", layout, config.root, config.download,
+                              lambda root, split: datasets.SVHN(os.path.join(root, "SVHN"), split=split,
+                                                                download=config.download),
+                              splits)
+    sets = {s: to_image_set(d.data, d.labels, "NCHW", "svhn") for s, d in zip(splits, opened)}
+    train = sets["train"]
+    if config.extra:
+        train = ImageSet(torch.cat([train.images, sets["extra"].images]), torch.cat([train.labels, sets["extra"].labels]))
+    return DataSplits(train, sets["test"], num_classes=10, class_names=[str(i) for i in range(10)], name="svhn")
+
+
+def read_rgb(path: str):
+    """ImageFolder's loader, with an unreadable image reported as a DataError naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"imagefolder: cannot read image {path} ({_cause(exc)}); replace or delete the file") from None
+
+
+def load_imagefolder(config) -> DataSplits:
+    from torchvision import datasets, transforms
+
+    root = Path(config.root).expanduser().resolve()
+    layout = (f"ROOT/{config.train_dir}/CLASS/IMAGE and ROOT/{config.test_dir}/CLASS/IMAGE, one folder per class "
+              f"(e.g. {config.train_dir}/cat/001.png)")
+    if not root.is_dir():
+        raise DataError(f"imagefolder: root {root} is not a folder; rtk expects {layout}; point root at it")
+    for key, sub in (("train_dir", config.train_dir), ("test_dir", config.test_dir)):
+        if not (root / sub).is_dir():
+            hint = ' (there is a "val" folder: set test_dir = "val")' if key == "test_dir" and (root / "val").is_dir() else ""
+            raise DataError(f"imagefolder: {root / sub} is not a folder{hint}; rtk expects {layout}; "
+                            f"point root at the dataset or set {key}")
+    # Resize + center crop give every image the same shape, so batches stack.
+    transform = transforms.Compose([transforms.Resize(config.image_size), transforms.CenterCrop(config.image_size),
+                                    transforms.ToTensor()])
+    opened = []
+    for sub in (config.train_dir, config.test_dir):
+        try:
+            opened.append(datasets.ImageFolder(str(root / sub), transform=transform, loader=read_rgb))
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"imagefolder: no images in {root / sub} ({_cause(exc)}); rtk expects {layout}") from None
+    train, test = opened
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise DataError(f"imagefolder: {root / config.test_dir} has classes that {root / config.train_dir} lacks: "
+                        f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; use the same class folders in both")
+    # The test folder may hold a subset of the classes; its labels must use the training ids.
+    to_train_id = torch.tensor([train.class_to_idx[c] for c in test.classes], dtype=torch.long)
+    test_labels = to_train_id[torch.tensor(test.targets, dtype=torch.long)]
+    return DataSplits(FileImageSet(train, torch.tensor(train.targets, dtype=torch.long)), FileImageSet(test, test_labels),
+                      num_classes=len(train.classes), class_names=list(train.classes), name="imagefolder")

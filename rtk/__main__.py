@@ -1,0 +1,3 @@
+from rtk.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""The attack contract: a threat model (norm, eps) and a map from clean to adversarial images.
+
+Attacks act in pixel space on models that normalise inside (rtk.models) and run the model in
+eval mode (BN running statistics, no dropout), restoring every submodule's previous mode after.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool = False):
+    """Put ``model`` in train or eval mode within the block; restore each submodule's mode after."""
+    previous = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for module, mode in previous:
+            module.training = mode
+
+
+class Attack:
+    """Base class of attacks. Subclasses set ``norm`` ("Linf", "L2", ...) and ``eps`` and implement ``perturb``."""
+
+    norm: str = "Linf"
+    eps: float = 0.0
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with model_mode(model, train=False):
+            adversarial = self.perturb(model, images, labels)
+        return adversarial.detach()
+
+    @property
+    def threat_model(self) -> str:
+        return f"{self.norm} eps={self.eps:g}"

@@ -1,0 +1,154 @@
+"""Datasets in rtk: images in [0, 1] with integer labels, split into train / val / test.
+
+Dataset plugins return :class:`DataSplits`; the options every dataset shares (class subsets,
+label remapping, N examples per class, a held-out validation split) live in
+:class:`DatasetConfig`, which every dataset config subclasses, and rtk applies them in
+:func:`apply_options` so that they mean the same thing for every dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+from rtk.options import DatasetConfig  # noqa: F401  (re-exported: plugins subclass it)
+from rtk.errors import DataError
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Images held in memory: uint8 (scaled by 1/255 on access) or float in [0, 1], shape (N, C, H, W)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.ndim != 4:
+            raise DataError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def __getitem__(self, i):
+        return self._to_float(self.images[i]), int(self.labels[i])
+
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch as tensors: (float images, labels)."""
+        return self._to_float(self.images[indices]), self.labels[indices]
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices])
+
+    def relabel(self, labels: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images, labels)
+
+
+class FileImageSet(torch.utils.data.Dataset):
+    """A file-backed dataset (ImageFolder, Food-101, ...): ``base[i]`` gives (tensor in [0,1], label)."""
+
+    def __init__(self, base, labels: torch.Tensor, indices: torch.Tensor | None = None):
+        self.base = base
+        self.labels = labels.long()
+        self.indices = torch.arange(len(labels)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image, _ = self.base[int(self.indices[i])]
+        return image, int(self.labels[i])
+
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([self[int(i)][0] for i in indices]), self.labels[indices]
+
+    def subset(self, indices: torch.Tensor) -> "FileImageSet":
+        return FileImageSet(self.base, self.labels[indices], self.indices[indices])
+
+    def relabel(self, labels: torch.Tensor) -> "FileImageSet":
+        return FileImageSet(self.base, labels, self.indices)
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet | FileImageSet
+    test: ImageSet | FileImageSet
+    num_classes: int
+    val: ImageSet | FileImageSet | None = None
+    class_names: list[str] | None = None
+    name: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.test[0][0].shape)
+
+
+def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+            num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (images, labels) on the CPU; in-memory sets are sliced without a DataLoader."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if isinstance(data, ImageSet) or num_workers == 0:
+        for start in range(0, n, batch_size):
+            yield data.take(order[start:start + batch_size])
+        return
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, order.tolist()), batch_size=batch_size,
+                                         num_workers=num_workers, persistent_workers=False)
+    yield from loader
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, generator: torch.Generator):
+    held, kept = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        kept.append(idx[k:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def _keep_classes(split, classes: list[int], remap: bool):
+    mask = torch.isin(split.labels, torch.tensor(classes))
+    idx = mask.nonzero().flatten()
+    subset = split.subset(idx)
+    if remap:
+        lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        subset = subset.relabel(lookup[subset.labels])
+    return subset
+
+
+def apply_options(splits: DataSplits, cfg: DatasetConfig) -> DataSplits:
+    """Apply the shared dataset options (classes, remap, per_class, val_fraction) to ``splits``."""
+    num_classes, names = splits.num_classes, splits.class_names
+    train, test, val = splits.train, splits.test, splits.val
+    if cfg.classes is not None:
+        bad = [c for c in cfg.classes if not 0 <= c < num_classes]
+        if bad or not cfg.classes:
+            raise DataError(f"classes {bad or '[]'} are not valid for {splits.name or 'this dataset'}, which has classes 0..{num_classes - 1}")
+        if len(set(cfg.classes)) != len(cfg.classes):
+            raise DataError(f"classes lists a class twice: {cfg.classes}")
+        train, test = (_keep_classes(s, cfg.classes, cfg.remap) for s in (train, test))
+        val = _keep_classes(val, cfg.classes, cfg.remap) if val is not None else None
+        if cfg.remap:
+            names = [names[c] for c in cfg.classes] if names else None
+            num_classes = len(cfg.classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.val_fraction > 0:
+        if val is not None:
+            raise DataError(f"{splits.name or 'this dataset'} already has a validation split; drop val_fraction")
+        kept, held = stratified_split(train.labels, cfg.val_fraction, generator)
+        train, val = train.subset(kept), train.subset(held)
+    if cfg.per_class is not None:
+        chosen = []
+        for c in train.labels.unique().tolist():
+            idx = (train.labels == c).nonzero().flatten()
+            if len(idx) < cfg.per_class:
+                raise DataError(f"per_class={cfg.per_class} but class {c} of {splits.name or 'the dataset'} has only {len(idx)} training examples")
+            chosen.append(idx[torch.randperm(len(idx), generator=generator)[:cfg.per_class]])
+        train = train.subset(torch.cat(chosen).sort().values)
+    return replace(splits, train=train, test=test, val=val, num_classes=num_classes, class_names=names)

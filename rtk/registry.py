@@ -1,0 +1,142 @@
+"""Components collected from the plugins' ``register_*`` hooks, looked up by kind and name."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rtk.errors import PluginError, UnknownComponentError
+from rtk.plugins import PluginInfo, load_plugins
+
+# kind -> (hook name, human name)
+KINDS: dict[str, tuple[str, str]] = {
+    "model": ("register_source_models", "source model"),
+    "dataset": ("register_datasets", "dataset"),
+    "attack": ("register_attacks", "attack"),
+    "objective": ("register_objectives", "objective"),
+    "strategy": ("register_transfer_strategies", "transfer strategy"),
+    "certifier": ("register_certifiers", "certifier"),
+}
+
+
+@dataclass(frozen=True)
+class EmptyConfig:
+    """A component without options."""
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type
+    summary: str
+    plugin: PluginInfo
+
+    @property
+    def wildcard(self) -> bool:
+        return self.name.endswith("/*")
+
+    @property
+    def human_kind(self) -> str:
+        return KINDS[self.kind][1]
+
+    @property
+    def provider(self) -> str:
+        return f"{self.plugin.name} ({self.plugin.distribution} {self.plugin.version})"
+
+    def describe(self) -> str:
+        """How errors name the component: kind, name and the plugin that provides it."""
+        return f'{self.human_kind} "{self.name}" (plugin {self.provider})'
+
+
+class Registry:
+    """Every component of every loaded plugin, by kind and name."""
+
+    def __init__(self, pm, infos: dict[str, PluginInfo]):
+        self.pm = pm
+        self.infos = infos
+        self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        for kind, (hook_name, _) in KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                info = infos.get(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?"))
+                impl.function(register=self._register_callback(kind, info))
+
+    def _register_callback(self, kind: str, info: PluginInfo):
+        def register(name: str, factory, config: type | None = None, summary: str = "", replace: bool = False):
+            if not isinstance(name, str) or not name:
+                raise PluginError(f'plugin "{info.name}" registered a {KINDS[kind][1]} without a name')
+            config = config or EmptyConfig
+            if not dataclasses.is_dataclass(config):
+                raise PluginError(f'plugin "{info.name}": config of {KINDS[kind][1]} "{name}" must be a dataclass')
+            existing = self.components[kind].get(name)
+            if existing is not None and not replace:
+                raise PluginError(
+                    f'{KINDS[kind][1]} "{name}" is registered twice: by {existing.provider} and by'
+                    f" {info.name} ({info.distribution} {info.version}); rename one, pass replace=True"
+                    " in the plugin that should win, or disable one with RTK_DISABLE_PLUGINS"
+                )
+            summary_line = (summary or (factory.__doc__ or "")).strip().splitlines()
+            self.components[kind][name] = Component(kind, name, factory, config, summary_line[0] if summary_line else "", info)
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def all(self) -> list[Component]:
+        return [c for kind in KINDS for _, c in sorted(self.components[kind].items())]
+
+    def resolve(self, kind: str, name: str) -> tuple[Component, str | None]:
+        """The component called ``name`` and, for ``prefix/*`` components, the variant."""
+        table = self.components[kind]
+        if name in table:
+            return table[name], None
+        prefix, sep, variant = name.partition("/")
+        if sep and variant and f"{prefix}/*" in table:
+            return table[f"{prefix}/*"], variant
+        close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise UnknownComponentError(
+            f'unknown {KINDS[kind][1]} "{name}"; {hint}run `rtk list-plugins --kind {kind}` to see all'
+            f" ({len(table)} available)"
+        )
+
+    def get(self, kind: str, name: str) -> Component:
+        return self.resolve(kind, name)[0]
+
+    def find_any_kind(self, name: str) -> list[Component]:
+        return [c for kind in KINDS for n, c in self.components[kind].items() if n == name]
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The registry of all installed plugins, loaded once per process."""
+    global _default
+    if _default is None:
+        _default = Registry(*load_plugins())
+    return _default
+
+
+@contextlib.contextmanager
+def using(registry: Registry):
+    """Make ``registry`` the default within the block (hermetic tests, embedding)."""
+    global _default
+    previous, _default = _default, registry
+    try:
+        yield registry
+    finally:
+        _default = previous
+
+
+def registry_with(*plugins, entry_points: bool = True) -> Registry:
+    """A registry of the installed plugins plus the given plugin objects (modules or classes)."""
+    extra = []
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        extra.append((plugin, PluginInfo(name, "(test)", "0")))
+    return Registry(*load_plugins(extra, entry_points=entry_points))

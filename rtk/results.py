@@ -1,0 +1,101 @@
+"""Results: the results.json / results.csv schema, atomic writers, and the results table."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None  # NaN is not JSON
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def metric_names(runs: list[dict]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        for key in run.get("metrics", {}):
+            if key not in names:
+                names.append(key)
+    if "robust" in names:  # robust last: it summarises the columns before it
+        names.remove("robust")
+        names.append("robust")
+    return names
+
+
+def to_csv(runs: list[dict]) -> str:
+    params = list(dict.fromkeys(k for run in runs for k in run.get("params", {})))
+    metrics = metric_names(runs)
+    papers = list(dict.fromkeys(k for run in runs for k, v in run.get("paper", {}).items() if k in metrics))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", *params, *metrics, *(f"paper.{m}" for m in papers)])
+    for run in runs:
+        row = [run["id"]]
+        row += [json.dumps(run["params"].get(p)) if isinstance(run["params"].get(p), (dict, list)) else run["params"].get(p, "") for p in params]
+        row += [run["metrics"].get(m, "") for m in metrics]
+        row += [run.get("paper", {}).get(m, "") for m in papers]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def write_results(out_dir: Path, payload: dict) -> None:
+    atomic_write_text(out_dir / "results.json", json.dumps(jsonable(payload), indent=2) + "\n")
+    atomic_write_text(out_dir / "results.csv", to_csv(payload["runs"]))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def results_table(runs: list[dict], title: str = "results") -> Table:
+    """Accuracies per run, with the paper's number beside ours where the recipe gives one."""
+    metrics = metric_names(runs)
+    table = Table(title=title)
+    table.add_column("run", style="bold")
+    if any("source" in run for run in runs):
+        table.add_column("source clean", justify="right")
+    for name in metrics:
+        table.add_column(name, justify="right")
+    for run in runs:
+        cells = [run["id"]]
+        if any("source" in r for r in runs):
+            cells.append(_fmt(run.get("source", {}).get("clean")))
+        for name in metrics:
+            cell = _fmt(run["metrics"].get(name))
+            if name in run.get("paper", {}):
+                cell += f" [dim](paper {_fmt(run['paper'][name])})[/dim]"
+            cells.append(cell)
+        table.add_row(*cells)
+    return table

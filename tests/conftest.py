@@ -1,0 +1,91 @@
+"""Shared fixtures. Tests never touch the network and load plugins hermetically where they add any."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_root() -> Path | None:
+    """RTK_DATA, else ../shared/data beside the repository, when it holds MNIST/raw."""
+    for candidate in (os.environ.get("RTK_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def cli():
+    """Invoke the rtk CLI in-process: cli("run", path, ...) -> click Result (stdout, stderr, exit_code)."""
+    from click.testing import CliRunner
+
+    from rtk.cli import cli as group
+
+    def invoke(*args):
+        return CliRunner().invoke(group, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe text into tmp_path and return its path."""
+
+    def write(text: str, name: str = "recipe.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+TINY_RECIPE = """
+[run]
+name = "tiny"
+seed = 0
+device = "cpu"
+
+[source]
+model = "small-cnn"
+channels = [8, 16]
+feature_dim = 32
+
+[source.data]
+dataset = "digits"
+classes = [0, 1, 2, 3, 4]
+
+[source.train]
+epochs = 2
+batch_size = 64
+lr = 3e-3
+
+[target]
+dataset = "digits"
+classes = [5, 6, 7, 8, 9]
+
+[transfer]
+strategy = "linear-probe"
+epochs = 3
+lr = 1e-2
+
+[eval]
+n = 60
+
+[[eval.attacks]]
+name = "pgd"
+label = "PGD-5"
+eps = 0.1
+steps = 5
+"""
+
+
+@pytest.fixture
+def tiny_recipe(write_recipe):
+    """A recipe that trains, transfers and attacks in a few seconds."""
+    return write_recipe(TINY_RECIPE)

@@ -1,0 +1,129 @@
+"""Recipe loading, overrides, profiles, sweeps, and the one-line errors of `rtk validate` / `rtk run`."""
+import pytest
+
+from rtk.errors import RecipeError
+from rtk.recipe import load_recipe, paper_for, parse_value
+from rtk.registry import default_registry
+from rtk.spec import resolve
+from tests.conftest import REPO, TINY_RECIPE
+
+
+def specs(path, profile=None, overrides=()):
+    return resolve(load_recipe(path, profile, list(overrides)), default_registry())
+
+
+def test_tiny_recipe_resolves(tiny_recipe):
+    (spec,) = specs(tiny_recipe)
+    assert spec.source.model.name == "small-cnn" and spec.source.model.config.channels == [8, 16]
+    assert spec.source.train.epochs == 2 and spec.source.objective.name == "natural"
+    assert spec.target.config.classes == [5, 6, 7, 8, 9]
+    assert spec.attacks[0].label == "PGD-5" and spec.attacks[0].config.eps == 0.1
+
+
+def test_set_overrides_with_types_and_fractions(tiny_recipe):
+    (spec,) = specs(tiny_recipe, overrides=["transfer.lr=0.5", "eval.attacks.0.eps=8/255", "source.train.augment=crop-flip"])
+    assert spec.transfer.config.lr == 0.5
+    assert spec.attacks[0].config.eps == 8 / 255
+    assert spec.source.train.augment == "crop-flip"
+
+
+def test_parse_value():
+    assert parse_value("0.01") == 0.01 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("8/255") == "8/255" and parse_value('"x"') == "x"
+
+
+def test_sweep_is_a_cartesian_product_with_readable_ids(write_recipe):
+    path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n"source.objective" = [{name = "natural"}, {name = "pgd-at", eps = 0.1}]\n')
+    runs = specs(path)
+    assert [r.id for r in runs] == ["lr=0.1,objective=natural", "lr=0.1,objective=pgd-at",
+                                    "lr=0.01,objective=natural", "lr=0.01,objective=pgd-at"]
+    assert runs[1].source.objective.config.eps == 0.1 and runs[2].transfer.config.lr == 0.01
+
+
+def test_profile_overrides_keys_and_sweeps(write_recipe):
+    path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01, 0.001]\n'
+                        '[profile.smoke]\n"source.train.epochs" = 1\n"sweep.transfer.lr" = [0.1]\n')
+    (spec,) = specs(path, profile="smoke")
+    assert spec.source.train.epochs == 1
+    with pytest.raises(RecipeError, match='no profile "fast"; profiles in this recipe: smoke'):
+        load_recipe(path, "fast")
+
+
+def test_paper_rows_match_sweep_points(write_recipe):
+    path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n[paper]\ncite = "T"\n'
+                        '[[paper.rows]]\nwhere = { "transfer.lr" = 0.01 }\nclean = 0.9\n"PGD-5" = 0.4\n')
+    recipe = load_recipe(path)
+    first, second = recipe.points()
+    assert paper_for(recipe, first.params) == {"cite": "T"}
+    assert paper_for(recipe, second.params) == {"cite": "T", "clean": 0.9, "PGD-5": 0.4}
+
+
+def test_paper_percentages_are_refused(write_recipe):
+    path = write_recipe(TINY_RECIPE + "\n[paper]\nclean = 81.2\n")
+    with pytest.raises(RecipeError, match="fractions in"):
+        paper_for(load_recipe(path), {})
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: t.replace('strategy = "linear-probe"', 'strategy = "linear-probe"\nlamda = 1'),
+     '[transfer] unknown key "lamda"; valid keys: strategy, objective, epochs'),
+    (lambda t: t.replace("epochs = 3", 'epochs = "three"'), "[transfer] epochs: expected an integer"),
+    (lambda t: t.replace('name = "pgd"', 'name = "pdg"'), '[eval.attacks.0] name: unknown attack "pdg"; did you mean \'pgd\''),
+    (lambda t: t.replace('model = "small-cnn"', 'model = "small-cnn"\nweights = "missing.safetensors"'),
+     "[source] weights: file"),
+    (lambda t: t.replace("eps = 0.1", "eps = -0.1"), "[eval.attacks.0] eps: must be at least 0.0"),
+    (lambda t: t.replace("[run]", "[rnu]"), "unknown table [rnu]"),
+    (lambda t: t.replace("steps = 5", "steps = 5\nsteps = 6"), "invalid TOML"),
+    (lambda t: t + "\n[sweep]\n\"transfer.lr\" = []\n", '"transfer.lr" must be a non-empty list'),
+    (lambda t: t.replace('dataset = "digits"\nclasses = [5', 'classes = [5'), '[target] missing key "dataset"'),
+])
+def test_bad_recipes_give_one_line_errors(write_recipe, cli, edit, fragment):
+    path = write_recipe(edit(TINY_RECIPE))
+    for command in ("validate", "run"):
+        result = cli(command, path)
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert fragment in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+        assert str(path) in result.stderr or "invalid TOML" in result.stderr
+
+
+def test_errors_name_component_and_plugin(write_recipe, cli):
+    path = write_recipe(TINY_RECIPE.replace("steps = 5", "stepz = 5"))
+    result = cli("validate", path)
+    assert 'attack "pgd" (plugin rtk_plugins.attacks (rtk' in result.stderr
+    assert "valid keys: name, label, norm, eps, steps" in result.stderr
+
+
+def test_missing_recipe_and_non_utf8(tmp_path, cli):
+    result = cli("validate", tmp_path / "nope.toml")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'[run]\nname = "\xff\xfe"\n')
+    result = cli("validate", bad)
+    assert result.exit_code == 2 and "not valid UTF-8" in result.stderr
+
+
+def test_bad_set_override(tiny_recipe, cli):
+    result = cli("validate", tiny_recipe, "--set", "transfer.lr")
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.stderr
+    result = cli("validate", tiny_recipe, "--set", "eval.attacks.3.eps=0.1")
+    assert result.exit_code == 2 and "needs an index 0..0" in result.stderr
+    result = cli("validate", tiny_recipe, "--set", "transfer.lr=fast")
+    assert result.exit_code == 2 and "[transfer] lr" in result.stderr
+
+
+def test_debug_shows_the_traceback(write_recipe, cli):
+    from rtk.errors import RtkError
+
+    path = write_recipe(TINY_RECIPE.replace('name = "pgd"', 'name = "pdg"'))
+    with pytest.raises(RtkError):
+        cli("--debug", "validate", path)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe, cli):
+    result = cli("validate", recipe)
+    assert result.exit_code == 0, result.stderr
+    profiles = load_recipe(recipe).profiles
+    assert "smoke" in profiles, f"{recipe.name} needs a [profile.smoke]"
+    assert cli("validate", recipe, "--profile", "smoke").exit_code == 0
