@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from rtk.errors import UnknownComponentError, WeightsError
+from rtk.errors import RecipeError, UnknownComponentError, WeightsError
 from rtk.models import Normalize, Resize, RtkModel, load_weights, read_state_dict
 
 _RTK_PREFIXES = ("body.", "head.", "preprocess.")
@@ -225,20 +225,24 @@ def timm_model(name: str, num_classes: int, *, pretrained: bool = False, weights
                 " pretrained = false"
             )
 
-    loaded = False
+    loaded = (state is not None and not rtk_format) or (pretrained and weights is None)
     try:
         if state is not None and not rtk_format:
             classifiers = [c for c in _classifier_names(cfg) if f"{c}.weight" in state]
             ckpt_classes = state[f"{classifiers[0]}.weight"].shape[0] if classifiers else 0
             model = timm.create_model(name, pretrained=True, num_classes=ckpt_classes,
                                       pretrained_cfg_overlay=dict(state_dict=state, num_classes=ckpt_classes), **kwargs)
-            loaded = True
-        elif pretrained and weights is None:
+        elif loaded:
             model = timm.create_model(name, pretrained=True, **kwargs)
-            loaded = True
         else:
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        if not model_args:
+            raise
+        raise RecipeError(f'timm model "{name}": timm.create_model rejected model_args {model_args}: {_one_line(exc)}') from None
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        if not loaded:
+            raise
         where = f"weights {source}" if source else "weights from the Hugging Face hub"
         raise WeightsError(f'timm model "{name}": cannot load {where}: {_one_line(exc)}') from None
 

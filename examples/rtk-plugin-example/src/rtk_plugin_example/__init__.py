@@ -38,7 +38,9 @@ class NearestClassMeanConfig:
     closed form, with no training loop: with ``normalize`` (cosine NCM) its weights are the
     L2-normalised means of the L2-normalised features and its bias is 0; without, the head is
     the Euclidean NCM rule written as a linear layer (weight = class mean mu_c, bias =
-    -|mu_c|^2 / 2). Defaults: normalize = true, feature_batch_size = 512.
+    -|mu_c|^2 / 2), both divided by the mean |mu_c|^2 so that gradient attacks do not stall
+    on a saturated softmax (the argmax is unchanged). Classes without training examples are
+    never predicted. Defaults: normalize = true, feature_batch_size = 512.
     """
 
     normalize: bool = option(True, help="cosine NCM on L2-normalised features (false: Euclidean distance to the raw class means)")

@@ -29,8 +29,13 @@ def class_mean_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
         bias = torch.zeros(num_classes, dtype=features.dtype)
     else:
         # argmin_c |z - mu_c|^2 = argmax_c <z, mu_c> - |mu_c|^2 / 2 (the |z|^2 term is shared).
-        weight = means
-        bias = -0.5 * (means * means).sum(1)
+        # Dividing by the mean |mu_c|^2 keeps the argmax but brings logits from hundreds to
+        # order one: at the raw scale the softmax saturates, cross-entropy gradients vanish in
+        # float32 and PGD overstates robustness (gradient masking by the head itself).
+        squared = (means * means).sum(1)
+        scale = squared[present].mean().clamp(min=1e-12)
+        weight = means / scale
+        bias = -0.5 * squared / scale
     bias = torch.where(present, bias, torch.full_like(bias, ABSENT_CLASS_BIAS))
     return weight.float(), bias.float()
 
