@@ -24,10 +24,18 @@ def model_mode(model: nn.Module, train: bool = False):
 
 
 class Attack:
-    """Base class of attacks. Subclasses set ``norm`` ("Linf", "L2", ...) and ``eps`` and implement ``perturb``."""
+    """Base class of attacks. Subclasses set ``norm`` ("Linf", "L2", ...) and ``eps`` and implement ``perturb``.
+
+    ``diagnostics()`` returns what the attack itself noticed while running (AutoAttack's own
+    checks, for example) as flags: dicts with "name", "message" and "source"; evaluation reports
+    them beside rtk's sanity flags.
+    """
 
     norm: str = "Linf"
     eps: float = 0.0
+
+    def diagnostics(self) -> list[dict]:
+        return []
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
