@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -92,19 +91,61 @@ def cli(debug):
 @click.option("--profile", help="Apply the recipe's [profile.NAME] overrides (e.g. smoke).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default runs/NAME-TIMESTAMP).")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished runs are kept, a saved target checkpoint is reused, evaluation continues after its last saved batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
-def run(recipe, overrides, profile, out, overwrite, quiet):
+def run(recipe, overrides, profile, out, overwrite, resume, quiet):
     """Run RECIPE: train or load the source, transfer, evaluate, certify; write results to --out."""
     from rtk.recipe import load_recipe
     from rtk.runner import Runner
 
+    if resume and out is None:
+        fail("--resume needs --out DIR, the folder of the interrupted run")
     loaded = load_recipe(recipe, profile, list(overrides))
-    runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite)
+    runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
+                    resume=resume)
     err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{f' (profile {profile})' if profile else ''} -> {runner.out_dir}")
     runner.run()
-    console.print(runner.table())
-    console.print(f"results: {runner.out_dir / 'results.json'}")
+    runner.report(console)
+
+
+@cli.command("eval")
+@click.option("--model", metavar="NAME", help="Model architecture (rtk list-plugins --kind model), e.g. small-cnn, wrn-28-10.")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="A model option, e.g. --model-option channels=[8,16].")
+@click.option("--weights", type=click.Path(path_type=Path), help="The weights file (safetensors or tensor-only torch file).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Outputs of the model (default: read from head.weight in --weights).")
+@click.option("--dataset", metavar="NAME", help="Dataset to evaluate on (its test split), e.g. digits, cifar10.")
+@click.option("--data", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. --data classes=[5,6,7,8,9] or --data root=DIR.")
+@click.option("--attack", multiple=True, metavar="NAME", help="An attack (repeatable; robust = per-example worst case over all).")
+@click.option("--eps", help='Radius for every attack that has an eps option; fractions like 8/255 are exact.')
+@click.option("--norm", help="Norm for every attack that has a norm option (Linf, L2).")
+@click.option("--steps", type=click.IntRange(min=0), help="Steps for every attack that has a steps option.")
+@click.option("--n", type=click.IntRange(min=1), help="Evaluate on n test examples (default: all).")
+@click.option("--subset", type=click.Choice(["first", "random", "stride"]), help="Which n examples (default first).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per attack batch (default 256).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed (attack randomness).")
+@click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda" or "cuda:N".')
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default runs/eval-MODEL-DATASET-TIMESTAMP).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted evaluation in --out after its last saved batch.")
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any key of the generated recipe, e.g. --set eval.attack_order=sequential.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@handle_errors
+def eval_command(**options):
+    """Evaluate a weights file: clean, per-attack and robust accuracy, as `rtk run` reports them.
+
+    Writes the same folder as `rtk run`; its recipe.resolved.toml reruns the evaluation with
+    `rtk run`. Examples:
+
+    \b
+      rtk eval --model small-cnn --weights m.safetensors --dataset digits \\
+        --data classes=[5,6,7,8,9] --attack pgd --eps 0.1 --n 100 --out DIR
+      rtk eval --model wrn-28-10 --weights w.safetensors --dataset cifar10 \\
+        --attack autoattack --eps 8/255 --n 1000
+    """
+    from rtk.eval_command import run_eval
+
+    run_eval(registry(), console, err_console, **options)
 
 
 @cli.command()

@@ -35,7 +35,7 @@ class RunContext:
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None):
         """A rich progress bar for a long loop; yields ``advance(n=1)``."""
-        if not self.show_progress:
+        if not self.show_progress or not self.console.is_terminal:  # bars are noise in logs and pipes
             yield lambda n=1: None
             return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,12 +1,30 @@
 """Evaluation: clean accuracy, each attack's accuracy, and robust accuracy as the per-example
-worst case over all attacks (an example is robust only if no attack fools the model on it)."""
+worst case over all attacks (an example is robust only if no attack fools the model on it).
+
+Protocol: attacks act in pixel space on the model in eval mode (every submodule's previous mode
+is restored afterwards); only clean-correct examples are attacked. ``order = "independent"``
+attacks every clean-correct example with each attack, so each attack's column is its own
+accuracy; ``"sequential"`` attacks only the examples every earlier attack failed on (cheaper,
+as AutoAttack does), so the columns are cumulative. Before each attack on a batch, torch is
+seeded from (run seed, dataset index of the batch's first example, attack label) alone, so an
+example's outcome does not depend on which batches or attacks ran before it: a resumed or
+sharded evaluation gives the numbers of an uninterrupted one.
+"""
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from rtk.attacks import model_mode
 from rtk.context import RunContext
-from rtk.data import iterate
 from rtk.errors import RtkError
+
+ORDERS = ("independent", "sequential")
 
 
 def select_indices(total: int, n: int | None, subset: str, seed: int) -> torch.Tensor:
@@ -18,6 +36,21 @@ def select_indices(total: int, n: int | None, subset: str, seed: int) -> torch.T
     if subset == "stride":
         return torch.arange(0, total, max(1, total // n))[:n]
     return torch.arange(n)
+
+
+def batch_seed(seed: int, first_index: int, stream: str = "") -> int:
+    """The seed of one (batch, attack): a hash, so that nearby indices give unrelated streams."""
+    digest = hashlib.sha256(f"{seed}:{first_index}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_batch(seed: int, first_index: int, stream: str = "") -> None:
+    """Seed torch's CPU generator and every CUDA device's (torch.manual_seed does the same at
+    about 100 times the cost, which shows on small batches)."""
+    value = batch_seed(seed, first_index, stream)
+    torch.default_generator.manual_seed(value)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(value)
 
 
 def check_threat_model(label: str, attack, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
@@ -34,40 +67,162 @@ def check_threat_model(label: str, attack, clean: torch.Tensor, adversarial: tor
         raise RtkError(f'attack "{label}" left its {norm} ball of eps={attack.eps:g}; the plugin must project its output')
 
 
+def model_digest(model) -> str:
+    """A hash of the weights, so a saved evaluation state is never continued with another model."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class EvalState:
+    """Where evaluate() saves its progress after every batch, and whether to continue from it.
+
+    ``fingerprint`` holds what else must match for a saved state to be continued (the runner
+    puts the attacks' configs there); the file holds tensors and JSON strings only, no pickles.
+    """
+
+    path: Path
+    resume: bool = False
+    fingerprint: dict = field(default_factory=dict)
+
+    def load(self, fingerprint: dict, indices: torch.Tensor, names: list[str]):
+        """(examples done, {metric: correctness so far}, flags so far), or None to start afresh."""
+        if not (self.resume and self.path.is_file()):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                saved = json.loads(handle.metadata()["fingerprint"])
+                flags = json.loads(handle.metadata().get("flags", "[]"))
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as exc:
+            raise RtkError(f"cannot read the evaluation state {self.path} ({type(exc).__name__}); delete it to start the evaluation afresh") from None
+        different = [key for key in sorted(set(saved) | set(fingerprint)) if saved.get(key) != fingerprint.get(key)]
+        if not different and not torch.equal(tensors.get("indices", torch.empty(0)), indices.cpu().long()):
+            different = ["indices"]
+        if different:
+            raise RtkError(f"evaluation state {self.path} does not match this evaluation (different {', '.join(different)});"
+                           " resume with the options of the interrupted run, or delete the file to start afresh")
+        done = int(tensors["done"])
+        return done, {name: tensors[f"correct.{i}"] for i, name in enumerate(names)}, flags
+
+    def save(self, fingerprint: dict, indices: torch.Tensor, done: int, correct: dict, flags: list[dict]) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"indices": indices.cpu().long().contiguous(), "done": torch.tensor(done)}
+        for i, chunks in enumerate(correct.values()):
+            tensors[f"correct.{i}"] = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool)
+        metadata = {"fingerprint": json.dumps(fingerprint, sort_keys=True), "flags": json.dumps(flags, default=str)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, self.path)  # a kill mid-write leaves the previous state intact
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+
+
+def attack_batch(model, images, labels, attacks, order: str, seed: int, first_index: int) -> dict[str, torch.Tensor]:
+    """Per-example correctness of one batch: clean, then under each attack (cumulative if sequential)."""
+    with torch.no_grad():
+        ok = model(images).argmax(1) == labels
+    result = {"clean": ok}
+    alive = ok.clone()
+    for label, attack in attacks:
+        targets = alive if order == "sequential" else ok
+        hit = targets.clone()
+        idx = targets.nonzero().flatten()
+        if len(idx):
+            seed_batch(seed, first_index, label)
+            adversarial = attack(model, images[idx], labels[idx])
+            check_threat_model(label, attack, images[idx], adversarial)
+            with torch.no_grad():
+                hit[idx] = model(adversarial).argmax(1) == labels[idx]
+        alive &= hit
+        result[label] = hit
+    return result
+
+
+def attack_flags(attacks, previous: list[dict]) -> list[dict]:
+    """Every attack's own diagnostics, labelled with the attack, without duplicates."""
+    flags = [dict(f) for f in previous]
+    for label, attack in attacks:
+        diagnostics = getattr(attack, "diagnostics", None)
+        for flag in (diagnostics() if callable(diagnostics) else []):
+            flag = {"attack": label, **dict(flag)}
+            if flag not in flags:
+                flags.append(flag)
+    return flags
+
+
+def per_class_accuracy(correct: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, list]:
+    """{metric: [accuracy of class 0, 1, ...]}; NaN (null in JSON) for a class with no example."""
+    masks = [labels == c for c in range(num_classes)]
+    return {name: [float(v[m].float().mean()) if m.any() else float("nan") for m in masks] for name, v in correct.items()}
+
+
 def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, batch_size: int = 256,
-             indices: torch.Tensor | None = None) -> dict:
+             indices: torch.Tensor | None = None, *, order: str = "independent", per_class: bool = False,
+             num_classes: int | None = None, sanity_attacks: list | None = None, sanity_n: int = 100,
+             state: EvalState | None = None) -> dict:
     """Clean and adversarial accuracy of ``model`` on ``test`` (an rtk.data image set).
 
     Attacks only run on examples the model classifies correctly (a misclassified clean example
-    already counts as broken). Returns {"metrics": {...}, "correct": {name: bool tensor}, "indices": ...}.
+    already counts as broken). ``sanity_attacks`` (rtk.sanity.SanityAttack, one per attack) turns
+    on the sanity checks, run on the first ``sanity_n`` evaluated examples. With ``state``, the
+    progress is saved after every batch and, when ``state.resume``, continued from the file.
+    Returns {"metrics", "correct" (per-example bool tensors), "indices", "n", "flags",
+    "attack_order"} and, with ``per_class``, "per_class".
     """
+    if order not in ORDERS:
+        raise RtkError(f'attack order "{order}" is not one of {", ".join(ORDERS)}')
     indices = torch.arange(len(test)) if indices is None else indices
     subset = test.subset(indices)
-    correct = {"clean": []} | {label: [] for label, _ in attacks}
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(ctx.seed)
-    with ctx.progress(f"evaluate ({len(attacks)} attack{'s' if len(attacks) != 1 else ''})", len(subset)) as advance:
-        for images, labels in iterate(subset, batch_size):
-            images, labels = images.to(ctx.device), labels.to(ctx.device)
-            with torch.no_grad():
-                ok = model(images).argmax(1) == labels
-            correct["clean"].append(ok.cpu())
-            for label, attack in attacks:
-                hit = ok.clone()
-                idx = ok.nonzero().flatten()
-                if len(idx):
-                    adversarial = attack(model, images[idx], labels[idx])
-                    check_threat_model(label, attack, images[idx], adversarial)
-                    with torch.no_grad():
-                        hit[idx] = model(adversarial).argmax(1) == labels[idx]
-                correct[label].append(hit.cpu())
-            advance(len(labels))
-    model.train(was_training)
-    correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
-    robust = correct["clean"].clone()
-    for label, _ in attacks:
-        robust &= correct[label]
-    metrics = {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
-    metrics["robust"] = float(robust.float().mean()) if len(robust) else float("nan")
-    return {"metrics": metrics, "correct": correct | {"robust": robust}, "indices": indices, "n": len(subset)}
+    total = len(subset)
+    names = ["clean", *(label for label, _ in attacks)]
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    done, flags, fingerprint = 0, [], {}
+    if state is not None:
+        fingerprint = {"attacks": names[1:], "order": order, "batch_size": batch_size, "seed": ctx.seed,
+                       "model": model_digest(model), **state.fingerprint}
+        loaded = state.load(fingerprint, indices, names)
+        if loaded is not None:
+            done, saved, flags = loaded
+            correct = {name: [saved[name]] for name in names}
+    plural = "s" if len(attacks) != 1 else ""
+    with model_mode(model, train=False), ctx.progress(f"evaluate ({len(attacks)} attack{plural})", total) as advance:
+        advance(done)
+        for start in range(done, total, batch_size):
+            stop = min(start + batch_size, total)
+            images, labels = subset.take(torch.arange(start, stop))
+            batch = attack_batch(model, images.to(ctx.device), labels.to(ctx.device), attacks, order, ctx.seed,
+                                 int(indices[start]))
+            for name, hit in batch.items():
+                correct[name].append(hit.cpu())
+            if state is not None:
+                state.save(fingerprint, indices, stop, correct, attack_flags(attacks, flags))
+            advance(stop - start)
+        flags = attack_flags(attacks, flags)
+        correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
+        robust = correct["clean"].clone()
+        for label, _ in attacks:
+            robust &= correct[label]
+        correct["robust"] = robust
+        metrics = {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
+        if sanity_attacks is not None and sanity_n > 0 and total:
+            from rtk.sanity import sanity_checks
+
+            images, labels = subset.take(torch.arange(min(sanity_n, total)))
+            seed_batch(ctx.seed, -1, "sanity")
+            flags += sanity_checks(model, images.to(ctx.device), labels.to(ctx.device), sanity_attacks, metrics, ctx)
+    result = {"metrics": metrics, "correct": correct, "indices": indices, "n": total, "flags": flags, "attack_order": order}
+    if per_class:
+        labels = subset.labels.cpu()
+        classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
+        result["per_class"] = per_class_accuracy(correct, labels, classes)
+    return result

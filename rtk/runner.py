@@ -1,7 +1,11 @@
 """Run a recipe: source -> transfer -> evaluate -> certify, for each sweep point.
 
-Everything is validated before the first stage starts; the output folder is created only when
-the first run has finished, and every file in it is written atomically.
+Everything is validated before the first stage starts; nothing is written to the output folder
+before every dataset has loaded, and every file in it is written atomically.
+
+Resuming (``resume=True``): runs already in an incomplete results.json are kept; a run whose
+target checkpoint was saved (it is saved before evaluation starts) is not trained again, and its
+evaluation continues after the last batch saved in ``eval-state/run-<i>.safetensors``.
 """
 from __future__ import annotations
 
@@ -14,17 +18,19 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 import rtk
 from rtk.configs import to_table
 from rtk.context import RunContext, resolve_device
 from rtk.data import DataSplits, apply_options
 from rtk.errors import RtkError
-from rtk.evaluation import evaluate, select_indices
+from rtk.evaluation import EvalState, evaluate, select_indices
 from rtk.models import load_weights, read_state_dict, save_weights
 from rtk.recipe import Recipe, paper_for
 from rtk.registry import Registry
 from rtk.results import atomic_write_text, results_table, write_results
+from rtk.sanity import SanityAttack
 from rtk.spec import ComponentSpec, RunSpec, resolve
 from rtk.training import fit
 
@@ -69,23 +75,78 @@ def accuracy(model, data, ctx: RunContext, batch_size: int = 512) -> float:
     return evaluate(model, data, [], ctx, batch_size)["metrics"]["clean"]
 
 
+def sanity_attack(spec: ComponentSpec) -> SanityAttack:
+    """The sanity checks rebuild an attack with changed options (more steps, larger eps)."""
+    variant = {"variant": spec.variant} if spec.variant is not None else {}
+    return SanityAttack(spec.label, spec.config, lambda config: spec.component.factory(config, **variant))
+
+
+def first_difference(a, b, prefix: str = "") -> str | None:
+    """The first dotted key at which two TOML documents differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := first_difference(x, y, f"{prefix}{i}."))), None)
+    return None if a == b else prefix.rstrip(".") or "(the whole recipe)"
+
+
 class Runner:
     def __init__(self, recipe: Recipe, registry: Registry, out_dir: Path | None = None, *,
-                 show_progress: bool = True, console=None, overwrite: bool = False):
+                 show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False):
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
         name = self.specs[0].run.name
         self.out_dir = Path(out_dir) if out_dir else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-        if (self.out_dir / "results.json").exists() and not overwrite:
-            raise RtkError(f"{self.out_dir} already holds results.json; choose another --out or pass --overwrite")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise RtkError(f"--out {self.out_dir} is a file, not a folder")
+        if resume and overwrite:
+            raise RtkError("--resume continues the results in --out and --overwrite replaces them; pass one of them")
+        self.resume = resume
         self.show_progress = show_progress
         self.console = console
         self.datasets: dict[str, DataSplits] = {}
         self.sources: dict[str, tuple[dict, dict]] = {}  # source table -> (state dict, info)
+        keys = [json.dumps(spec.raw.get("source"), sort_keys=True, default=str) for spec in self.specs]
+        self.source_index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # stable checkpoint names
         self.runs: list[dict] = []
+        self.finished: list[dict] = self.check_resume() if resume else []
+        if not resume and (self.out_dir / "results.json").exists() and not overwrite:
+            raise RtkError(f"{self.out_dir} already holds results.json; choose another --out, pass --overwrite,"
+                           " or --resume to continue an interrupted run")
+
+    def check_resume(self) -> list[dict]:
+        """The runs an interrupted run in --out finished; refuses a complete or different run."""
+        results, resolved = self.out_dir / "results.json", self.out_dir / "recipe.resolved.toml"
+        if resolved.is_file():
+            import tomllib
+
+            import tomli_w
+
+            try:
+                saved = tomllib.loads(resolved.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise RtkError(f"cannot resume: {resolved} is unreadable ({exc})") from None
+            where = first_difference(saved, tomllib.loads(tomli_w.dumps(self.recipe.raw)))
+            if where:
+                raise RtkError(f"cannot resume: {self.out_dir} holds a different recipe ({where} differs from its"
+                               " recipe.resolved.toml); resume with the same recipe, --set and --profile, or choose another --out")
+        if not results.is_file():
+            return []
+        try:
+            payload = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RtkError(f"cannot resume: {results} is unreadable ({exc}); choose another --out or pass --overwrite") from None
+        if payload.get("complete"):
+            raise RtkError(f"{self.out_dir} already holds complete results; nothing to resume (pass --overwrite to run again)")
+        runs = payload.get("runs", [])
+        if [r.get("id") for r in runs] != [s.id for s in self.specs[:len(runs)]]:
+            raise RtkError(f"cannot resume: the runs in {results} are not this recipe's sweep points; choose another --out")
+        return runs
 
     def context(self, spec: RunSpec) -> RunContext:
         ctx = RunContext(device=resolve_device(spec.run.device), seed=spec.run.seed, show_progress=self.show_progress,
@@ -125,40 +186,73 @@ class Runner:
             objective = source.objective.build()
             history = fit(model, data.train, objective, source.train, ctx, description=f"source ({source.objective.name})")
             info.update(clean=accuracy(model, data.test, ctx), final_loss=history[-1] if history else None)
-            checkpoint = self.out_dir / "checkpoints" / f"source-{len(self.sources)}.safetensors"
+            checkpoint = self.out_dir / "checkpoints" / f"source-{self.source_index[key]}.safetensors"
             save_weights(model, checkpoint)
             info["checkpoint"] = str(checkpoint.relative_to(self.out_dir))
         self.sources[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
         return model, info
 
-    def run_point(self, index: int, spec: RunSpec) -> dict:
-        ctx = self.context(spec)
+    def state_paths(self, index: int) -> tuple[Path, Path, Path]:
+        """(target checkpoint, pending-run info, evaluation state) of run ``index``."""
+        state = self.out_dir / "eval-state"
+        return (self.out_dir / "checkpoints" / f"run-{index}.safetensors", state / f"run-{index}.json",
+                state / f"run-{index}.safetensors")
+
+    def target_model(self, index: int, spec: RunSpec, ctx: RunContext, target) -> tuple[object, dict, float]:
+        """The model to evaluate, its source info, and the seconds spent on it: trained and
+        transferred now, or, when resuming, rebuilt from the checkpoint saved before evaluation."""
+        checkpoint, pending, _ = self.state_paths(index)
+        if self.resume and pending.is_file() and checkpoint.is_file():
+            info = json.loads(pending.read_text(encoding="utf-8"))
+            head = read_state_dict(checkpoint).get("head.weight")
+            model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
+            load_weights(model, checkpoint)
+            return model.to(ctx.device), info.get("source", {}), info.get("seconds", 0.0)
         started = time.perf_counter()
         model, source_info = self.source_model(spec, ctx)
-        target = self.dataset(spec.target) if spec.target else None
         if spec.transfer is not None:
             seed_everything(spec.run.seed + 1)
             strategy = spec.transfer.build()
             objective = spec.transfer_objective.build() if spec.transfer_objective else None
             model = strategy.transfer(model, target, ctx, objective)
+        seconds = time.perf_counter() - started
+        # Saved before evaluation, so an interrupted evaluation resumes without training again.
+        save_weights(model, checkpoint)
+        atomic_write_text(pending, json.dumps({"source": source_info, "seconds": seconds,
+                                               "num_classes": getattr(model, "num_classes", None)}) + "\n")
+        return model, source_info, seconds
+
+    def run_point(self, index: int, spec: RunSpec) -> dict:
+        ctx = self.context(spec)
+        target = self.dataset(spec.target) if spec.target else None
+        model, source_info, seconds = self.target_model(index, spec, ctx, target)
+        started = time.perf_counter()
         metrics, extra = {}, {}
         if target is not None:
             if model.num_classes < target.num_classes:
                 raise RtkError(f"the model has {model.num_classes} outputs but [target] has {target.num_classes} classes; add a [transfer] strategy")
-            indices = select_indices(len(target.test), spec.eval.n, spec.eval.subset, spec.eval.subset_seed)
+            config = spec.eval
+            indices = select_indices(len(target.test), config.n, config.subset, config.subset_seed)
             attacks = [(a.label, a.build()) for a in spec.attacks]
-            result = evaluate(model, target.test, attacks, ctx, spec.eval.batch_size, indices)
+            sanity = [sanity_attack(a) for a in spec.attacks] if config.sanity and config.sanity_n > 0 else None
+            state = EvalState(self.state_paths(index)[2], self.resume,
+                              {"attack_configs": [[a.name, to_table(a.config)] for a in spec.attacks]})
+            result = evaluate(model, target.test, attacks, ctx, config.batch_size, indices, order=config.attack_order,
+                              per_class=config.per_class, num_classes=target.num_classes, sanity_attacks=sanity,
+                              sanity_n=config.sanity_n, state=state)
             metrics = result["metrics"]
-            extra["n_eval"] = result["n"]
+            extra.update(n_eval=result["n"], attack_order=config.attack_order)
+            if config.per_class:
+                extra["per_class"] = result["per_class"]
+                extra["class_names"] = target.class_names or [str(c) for c in range(target.num_classes)]
+            extra["flags"] = result["flags"]
             if spec.certify is not None:
                 certifier = spec.certify.build()
                 extra["certify"] = certifier.certify(model, target.test.subset(indices), ctx)
-        checkpoint = self.out_dir / "checkpoints" / f"run-{index}.safetensors"
-        save_weights(model, checkpoint)
         run = {"id": spec.id, "params": spec.params, "metrics": metrics,
                "paper": paper_for(self.recipe, spec.params), **extra,
-               "checkpoint": str(checkpoint.relative_to(self.out_dir)),
-               "seconds": round(time.perf_counter() - started, 2)}
+               "checkpoint": str(self.state_paths(index)[0].relative_to(self.out_dir)),
+               "seconds": round(seconds + time.perf_counter() - started, 2)}
         if source_info:
             run["source"] = source_info
         return run
@@ -188,15 +282,35 @@ class Runner:
 
     def run(self) -> dict:
         self.prepare()
+        self.runs = list(self.finished)
         for index, spec in enumerate(self.specs):
+            if index < len(self.finished):
+                continue
             ctx = self.context(spec)
-            if index == 0:
-                self.write_header(ctx)
+            if index == len(self.finished) and not (self.resume and (self.out_dir / "recipe.resolved.toml").is_file()):
+                self.write_header(ctx)  # a resumed run keeps the env.json of its start
             if len(self.specs) > 1:
                 ctx.console.print(f"[bold]run {index + 1}/{len(self.specs)}[/bold]: {spec.id}")
             self.runs.append(self.run_point(index, spec))
             write_results(self.out_dir, self.payload(complete=index == len(self.specs) - 1))
+            _, pending, state = self.state_paths(index)
+            pending.unlink(missing_ok=True)
+            EvalState(state).remove()
+        state = self.out_dir / "eval-state"
+        if state.is_dir() and not any(state.iterdir()):
+            state.rmdir()
         return self.payload(complete=True)
 
     def table(self):
         return results_table(self.runs, title=f"{self.recipe.raw.get('run', {}).get('name', self.recipe.path.stem)}")
+
+    def report(self, console) -> None:
+        """The results table, then every flag of every run on its own line, then where results are."""
+        console.print(self.table())
+        for run in self.runs:
+            for flag in run.get("flags", []):
+                where = f"{run['id']}: " if len(self.runs) > 1 else ""
+                attack = f" ({flag['attack']})" if flag.get("attack") else ""
+                console.print(f"[yellow]flag[/yellow] {escape(where)}[bold]{escape(str(flag.get('name', '?')))}[/bold]"
+                              f"{escape(attack)}: {escape(str(flag.get('message', '')))}", highlight=False, soft_wrap=True)
+        console.print(f"results: {self.out_dir / 'results.json'}")

@@ -34,6 +34,10 @@ class EvalConfig:
     n: int | None = option(None, min=1, help="evaluate on n test examples (all when unset)")
     subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or every k-th")
     subset_seed: int = option(0, help="seed of the random subset")
+    attack_order: Literal["independent", "sequential"] = option("independent", help='"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case either way')
+    per_class: bool = option(False, help='add clean, per-attack and robust accuracy of every class to the results ("per_class")')
+    sanity: bool = option(True, help="run the sanity checks (randomness in the forward pass, zero gradients, black-box beating white-box, accuracy rising with more steps or larger eps) and report their flags")
+    sanity_n: int = option(100, min=0, help="how many of the evaluated examples (the first ones) the sanity checks use; 0 turns them off")
 
 
 @dataclass

@@ -89,3 +89,14 @@ steps = 5
 def tiny_recipe(write_recipe):
     """A recipe that trains, transfers and attacks in a few seconds."""
     return write_recipe(TINY_RECIPE)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are thousands of small ops: on a 2-core machine one thread beats two, by far under load."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,6 +1,5 @@
 """Plugin loading, registry errors and `rtk list-plugins`."""
 import json
-import sys
 import tomllib
 import types
 from dataclasses import dataclass
@@ -110,7 +109,7 @@ def test_failing_plugin_is_a_one_line_cli_error(tmp_path, monkeypatch, cli):
 
 
 def test_disable_plugins_blocks_builtins(monkeypatch):
-    monkeypatch.setenv("RTK_DISABLE_PLUGINS", "attacks, rtk_plugins.objectives")
+    monkeypatch.setenv("RTK_DISABLE_PLUGINS", "attacks, autoattack, rtk_plugins.objectives")
     registry = Registry(*load_plugins())
     assert registry.names("attack") == [] and registry.names("objective") == []
     assert "digits" in registry.names("dataset")

@@ -11,7 +11,7 @@ import rtk
 import rtk.registry
 from rtk.configs import option
 from rtk.recipe import load_recipe
-from rtk.registry import default_registry, registry_with, using
+from rtk.registry import default_registry, registry_with
 from rtk.runner import Runner
 from tests.conftest import TINY_RECIPE
 

@@ -1,6 +1,8 @@
 """PGD through torchattacks, with restarts and rtk's threat-model contract."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from rtk.attacks import Attack
@@ -12,6 +14,26 @@ def step_size(norm: str, eps: float, steps: int, alpha: float | None) -> float:
     if norm == "Linf":
         return eps / 4
     return 2.5 * eps / max(steps, 1)  # Madry's robustness library default for L2
+
+
+def best_of_restarts(model, images: torch.Tensor, labels: torch.Tensor, restarts: int,
+                     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Run ``run`` up to ``restarts`` times, each time only on the examples no earlier run fooled
+    (an example counts as broken if any restart breaks it)."""
+    best = images.clone()
+    remaining = torch.ones(len(images), dtype=torch.bool, device=images.device)
+    for restart in range(restarts):
+        idx = remaining.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        adversarial = run(images[idx], labels[idx])
+        best[idx] = adversarial
+        if restart == restarts - 1:
+            break  # which examples the last restart fooled changes nothing: skip that forward pass
+        with torch.no_grad():
+            fooled = model(adversarial).argmax(1) != labels[idx]
+        remaining[idx[fooled]] = False
+    return best
 
 
 def torchattacks_pgd(model, norm: str, eps: float, alpha: float, steps: int, random_start: bool):
@@ -36,15 +58,4 @@ class PGDAttack(Attack):
         if cfg.eps == 0 or cfg.steps == 0:
             return images.clone()
         attack = torchattacks_pgd(model, cfg.norm, cfg.eps, self.alpha, cfg.steps, cfg.random_start)
-        best = images.clone()
-        remaining = torch.ones(len(images), dtype=torch.bool, device=images.device)
-        for _ in range(cfg.restarts):
-            idx = remaining.nonzero().flatten()
-            if len(idx) == 0:
-                break
-            adversarial = attack(images[idx], labels[idx])
-            with torch.no_grad():
-                fooled = model(adversarial).argmax(1) != labels[idx]
-            best[idx] = adversarial
-            remaining[idx[fooled]] = False
-        return best
+        return best_of_restarts(model, images, labels, cfg.restarts, attack)

@@ -1,0 +1,140 @@
+"""rtk's ``autoattack`` against calling the reference pyautoattack directly (Croce & Hein,
+arXiv:2003.01690): wall time of the standard version on the same model and images, measured
+side by side in one process.
+
+rtk adds a fresh AutoAttack object per call, one forward pass to count classes, log/warning
+capture for the flags and an RNG fork; the target is rtk / reference <= 1.05. The two paths
+alternate which runs first in each repeat (the process's first run pays for warm-up), and the
+figure is the median over repeats of rtk / reference. Also checks that both return the same
+adversarial images.
+
+    python -m benchmarks.bench_autoattack                      # small CNN, 64 digits, 5 repeats
+    python -m benchmarks.bench_autoattack --n 128 --repeats 9 --json bench.json
+    python -m benchmarks.bench_autoattack --torchattacks       # also time the torchattacks backend once
+
+Defaults (a small CNN trained 10 epochs on scikit-learn digits, eps 0.15, 64 images, 5 repeats,
+1 torch thread) finish in one to two minutes on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+TARGET = 1.05
+
+
+def trained_model(seed: int = 0):
+    import torch
+    import torch.nn.functional as F
+
+    from rtk.configs import build_config
+    from rtk_plugins.datasets import DigitsConfig, make_digits
+    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
+
+    torch.manual_seed(seed)
+    splits = make_digits(DigitsConfig())
+    x, y = splits.train.take(torch.arange(len(splits.train)))
+    model = make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), 10)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(10):
+        for idx in torch.randperm(len(x)).split(128):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+    return model.eval(), splits.test
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=64, help="test images (default 64)")
+    parser.add_argument("--eps", type=float, default=0.15, help="Linf radius (default 0.15: most digits break, a few survive all four attacks)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny ops thrash on more)")
+    parser.add_argument("--torchattacks", action="store_true", help="also run the torchattacks backend once (robust accuracy and time)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from pyautoattack import AutoAttack
+
+    from rtk.configs import build_config
+    from rtk.registry import default_registry
+
+    torch.set_num_threads(args.threads)
+    model, test = trained_model()
+    images, labels = test.take(torch.arange(min(args.n, len(test))))
+    component = default_registry().get("attack", "autoattack")
+
+    def rtk_path():
+        attack = component.factory(build_config(component.config, {"eps": args.eps}))
+        return attack(model, images, labels)
+
+    def reference_path():
+        adversary = AutoAttack(model, norm="Linf", eps=args.eps, version="standard", seed=0, device="cpu")
+        return adversary.run_standard_evaluation(images, labels)[0]
+
+    paths = {"rtk": rtk_path, "reference": reference_path}
+    times = {name: [] for name in paths}
+    outputs = {}
+    for repeat in range(args.repeats):
+        order = ["rtk", "reference"] if repeat % 2 == 0 else ["reference", "rtk"]
+        for name in order:
+            start = time.perf_counter()
+            outputs[name] = paths[name]()
+            times[name].append(time.perf_counter() - start)
+            print(f"  repeat {repeat + 1}/{args.repeats} {name:<9} {times[name][-1]:7.2f} s", file=sys.stderr, flush=True)
+
+    def robust_accuracy(adversarial):
+        with torch.no_grad():
+            return float((model(adversarial).argmax(1) == labels).float().mean())
+
+    with torch.no_grad():
+        clean = float((model(images).argmax(1) == labels).float().mean())
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    # Each repeat runs the two paths back to back, so its ratio cancels slow drifts in machine load
+    # that a ratio of the two medians picks up on a shared box.
+    paired = [a / b for a, b in zip(times["rtk"], times["reference"])]
+    ratio = statistics.median(paired)
+    result = {
+        "benchmark": "autoattack standard, rtk vs pyautoattack called directly",
+        "model": "small-cnn [8, 16] / 32, digits", "n": len(labels), "eps": args.eps, "norm": "Linf",
+        "repeats": args.repeats, "torch_threads": args.threads, "python": platform.python_version(),
+        "torch": torch.__version__, "seconds": times, "median_seconds": medians,
+        "paired_ratios": paired, "ratio_of_medians": medians["rtk"] / medians["reference"],
+        "ratio_rtk_over_reference": ratio, "target": TARGET, "meets_target": ratio <= TARGET,
+        "identical_adversarial_images": bool(torch.equal(outputs["rtk"], outputs["reference"])),
+        "clean_accuracy": clean,
+        "robust_accuracy": {name: robust_accuracy(out) for name, out in outputs.items()},
+    }
+    if args.torchattacks:
+        attack = component.factory(build_config(component.config, {"eps": args.eps, "backend": "torchattacks"}))
+        start = time.perf_counter()
+        adversarial = attack(model, images, labels)
+        result["torchattacks"] = {"seconds": time.perf_counter() - start, "robust_accuracy": robust_accuracy(adversarial)}
+
+    print(f"AutoAttack standard, Linf eps={args.eps:g}, {len(labels)} digits, small CNN, {args.threads} thread(s), "
+          f"{args.repeats} repeats (alternating order)")
+    print(f"{'path':<27}{'median s':>9}{'robust acc':>12}   runs s")
+    for name, label in [("rtk", "rtk autoattack"), ("reference", "pyautoattack directly")]:
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{label:<27}{medians[name]:>9.2f}{result['robust_accuracy'][name]:>12.4f}   {runs}")
+    if args.torchattacks:
+        ta = result["torchattacks"]
+        print(f"{'rtk, torchattacks backend':<27}{ta['seconds']:>9.2f}{ta['robust_accuracy']:>12.4f}   (1 run, not in the ratio)")
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio rtk / reference = {ratio:.3f} (median of per-repeat ratios; ratio of medians "
+          f"{result['ratio_of_medians']:.3f})   target <= {TARGET}   {verdict}")
+    print(f"identical adversarial images: {result['identical_adversarial_images']}   clean accuracy {clean:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

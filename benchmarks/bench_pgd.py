@@ -1,0 +1,173 @@
+"""rtk's PGD-20 evaluation (rtk.evaluation.evaluate with the ``pgd`` attack, sanity checks off)
+against a plain torchattacks.PGD loop over the same batches: wall time, side by side in one process.
+
+Both paths do the same work: a clean forward pass per batch, PGD on the clean-correct examples
+only (from the same seeded random starts, so their robust accuracies must agree exactly), and a
+forward pass on the adversarial images. rtk adds per-(batch, attack) seeding,
+model-mode bookkeeping, the threat-model check of every output and one forward pass in the
+``pgd`` plugin's restart logic; the target is rtk / plain <= 1.05. The two paths alternate which
+runs first in each repeat; the reported ratio is the median of the per-repeat ratios.
+
+    python -m benchmarks.bench_pgd                          # small CNN, 256 digits, 9 repeats
+    python -m benchmarks.bench_pgd --n 512 --repeats 7 --json bench-pgd.json
+    python -m benchmarks.bench_pgd --model resnet18 --data random --device cuda --n 2048
+
+``--data random`` uses uniform 3x32x32 images labelled with the model's own clean predictions
+(an untrained model, every example attacked); ``digits`` trains the model 10 epochs first.
+Defaults finish in well under a minute on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+TARGET = 1.05
+
+
+def build_model(name: str, options: dict, num_classes: int):
+    from rtk.configs import build_config
+    from rtk.registry import default_registry
+
+    component, variant = default_registry().resolve("model", name)
+    config = build_config(component.config, options)
+    return component.factory(config, num_classes=num_classes, **({"variant": variant} if variant else {}))
+
+
+def workload(args, device):
+    """(model in eval mode, images, labels) on ``device``."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    if args.data == "digits":
+        from rtk_plugins.datasets import DigitsConfig, make_digits
+
+        splits = make_digits(DigitsConfig())
+        options = {"channels": [8, 16], "feature_dim": 32} if args.model == "small-cnn" else {}
+        model = build_model(args.model, options, 10).to(device)
+        x, y = splits.train.take(torch.arange(len(splits.train)))
+        x, y = x.to(device), y.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(10):
+            for idx in torch.randperm(len(x), device=device).split(128):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                optimizer.step()
+        images, labels = splits.test.take(torch.arange(min(args.n, len(splits.test))))
+        return model.eval(), images.to(device), labels.to(device)
+    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
+    model = build_model(args.model, options, 10).to(device).eval()
+    images = torch.rand(args.n, 3, 32, 32, device=device)
+    with torch.no_grad():
+        labels = torch.cat([model(chunk).argmax(1) for chunk in images.split(args.batch_size)])
+    return model, images, labels
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [8, 16] / 32)")
+    parser.add_argument("--data", choices=["digits", "random"], default="digits", help="digits (trained model) or random 3x32x32 images")
+    parser.add_argument("--n", type=int, default=256, help="images (default 256)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    parser.add_argument("--eps", default="0.1", help="Linf radius, fractions allowed (default 0.1 for digits; 8/255 for CIFAR-like data)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs of each path (default 9)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1: tiny ops thrash on more)")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+    import torchattacks
+
+    from rtk.configs import build_config
+    from rtk.context import RunContext, resolve_device
+    from rtk.data import ImageSet
+    from rtk.evaluation import evaluate, seed_batch
+    from rtk.registry import default_registry
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    eps = float(Fraction(args.eps))
+    model, images, labels = workload(args, device)
+    test = ImageSet(images.cpu(), labels.cpu())  # rtk.evaluation moves each batch to the device, as in a run
+    component = default_registry().get("attack", "pgd")
+    config = build_config(component.config, {"eps": eps, "steps": args.steps})
+    alpha = eps / 4  # the pgd plugin's Linf default, given to the plain loop too
+    ctx = RunContext(device=device, seed=0, show_progress=False)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def rtk_path():
+        result = evaluate(model, test, [("PGD-20", component.factory(config))], ctx, args.batch_size)
+        return result["metrics"]["robust"]
+
+    def plain_path():
+        attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=True)
+        robust = 0
+        for start in range(0, len(test), args.batch_size):
+            x, y = test.take(torch.arange(start, min(start + args.batch_size, len(test))))
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            seed_batch(0, start, "PGD-20")  # rtk's random starts, so both paths do identical arithmetic
+            adversarial = attack(x[ok], y[ok])
+            with torch.no_grad():
+                robust += int((model(adversarial).argmax(1) == y[ok]).sum())
+        return robust / len(test)
+
+    paths = {"rtk": rtk_path, "plain": plain_path}
+    rtk_path(), plain_path()  # warm-up: allocator, kernels, lazy imports
+    times = {name: [] for name in paths}
+    robust = {}
+    for repeat in range(args.repeats):
+        for name in (["rtk", "plain"] if repeat % 2 == 0 else ["plain", "rtk"]):
+            sync()
+            start = time.perf_counter()
+            robust[name] = paths[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            print(f"  repeat {repeat + 1}/{args.repeats} {name:<6} {times[name][-1]:7.3f} s", file=sys.stderr, flush=True)
+    with torch.no_grad():
+        clean = float((model(images).argmax(1) == labels).float().mean())
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    # Each repeat times both paths back to back, so the median of per-repeat ratios cancels most
+    # of the drift of a shared machine's load; the ratio of medians is reported beside it.
+    ratio = statistics.median(r / p for r, p in zip(times["rtk"], times["plain"]))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    result = {
+        "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.evaluate vs a plain torchattacks.PGD loop",
+        "model": args.model, "data": args.data, "n": len(test), "batch_size": args.batch_size, "eps": eps,
+        "steps": args.steps, "norm": "Linf", "repeats": args.repeats, "device": str(device), "device_name": device_name,
+        "torch_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
+        "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
+        "ratio_of_medians": medians["rtk"] / medians["plain"], "ratio_of_minimums": min(times["rtk"]) / min(times["plain"]),
+        "target": TARGET,
+        "meets_target": ratio <= TARGET, "clean_accuracy": clean, "robust_accuracy": robust,
+        "same_robust_accuracy": robust["rtk"] == robust["plain"],
+    }
+    print(f"PGD-{args.steps} evaluation, Linf eps={eps:g}, {len(test)} images ({args.data}), {args.model}, "
+          f"batch {args.batch_size}, {device_name}, {args.repeats} repeats (alternating order)")
+    print(f"{'path':<30}{'median s':>10}{'min s':>10}{'max s':>10}{'robust acc':>12}")
+    for name, label in [("rtk", "rtk evaluate + pgd"), ("plain", "plain torchattacks.PGD loop")]:
+        print(f"{label:<30}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}{robust[name]:>12.4f}")
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
+          f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
+    print(f"clean accuracy {clean:.4f}   same robust accuracy on both paths: {result['same_robust_accuracy']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
