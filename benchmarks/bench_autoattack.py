@@ -25,28 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import trained_digits_cnn
+
 TARGET = 1.05
-
-
-def trained_model(seed: int = 0):
-    import torch
-    import torch.nn.functional as F
-
-    from rtk.configs import build_config
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
-
-    torch.manual_seed(seed)
-    splits = make_digits(DigitsConfig())
-    x, y = splits.train.take(torch.arange(len(splits.train)))
-    model = make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), 10)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(10):
-        for idx in torch.randperm(len(x)).split(128):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-    return model.eval(), splits.test
 
 
 def main(argv=None) -> int:
@@ -66,7 +47,7 @@ def main(argv=None) -> int:
     from rtk.registry import default_registry
 
     torch.set_num_threads(args.threads)
-    model, test = trained_model()
+    model, test = trained_digits_cnn()
     images, labels = test.take(torch.arange(min(args.n, len(test))))
     component = default_registry().get("attack", "autoattack")
 

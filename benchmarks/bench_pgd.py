@@ -27,6 +27,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from benchmarks.common import trained_digits_cnn
+
 TARGET = 1.05
 
 
@@ -42,25 +44,14 @@ def build_model(name: str, options: dict, num_classes: int):
 def workload(args, device):
     """(model in eval mode, images, labels) on ``device``."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     if args.data == "digits":
-        from rtk_plugins.datasets import DigitsConfig, make_digits
-
-        splits = make_digits(DigitsConfig())
-        options = {"channels": [8, 16], "feature_dim": 32} if args.model == "small-cnn" else {}
-        model = build_model(args.model, options, 10).to(device)
-        x, y = splits.train.take(torch.arange(len(splits.train)))
-        x, y = x.to(device), y.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(10):
-            for idx in torch.randperm(len(x), device=device).split(128):
-                optimizer.zero_grad()
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
-                optimizer.step()
-        images, labels = splits.test.take(torch.arange(min(args.n, len(splits.test))))
-        return model.eval(), images.to(device), labels.to(device)
+        if args.model != "small-cnn":
+            raise SystemExit("--data digits trains the 1-channel small-cnn; use --data random for other models")
+        model, test = trained_digits_cnn(device)
+        images, labels = test.take(torch.arange(min(args.n, len(test))))
+        return model, images.to(device), labels.to(device)
     options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
     model = build_model(args.model, options, 10).to(device).eval()
     images = torch.rand(args.n, 3, 32, 32, device=device)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rtk.attacks import Attack
-from rtk_plugins._lib.pgd import best_of_restarts, step_size
+from rtk_plugins._lib.pgd import PGDAttack
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -71,22 +71,12 @@ def cw_pgd(model, images, labels, norm: str, eps: float, alpha: float, steps: in
     return adversarial.detach()
 
 
-class CWPGDAttack(Attack):
-    def __init__(self, config):
-        self.config = config
-        self.norm = config.norm
-        self.eps = config.eps
-        self.alpha = step_size(config.norm, config.eps, config.steps, config.alpha)
+class CWPGDAttack(PGDAttack):
+    """PGD's restarts and threat model with the CW margin loss in place of cross-entropy."""
 
-    def perturb(self, model, images, labels):
+    def single_run(self, model):
         cfg = self.config
-        if cfg.eps == 0 or cfg.steps == 0:
-            return images.clone()
-
-        def run(x, y):
-            return cw_pgd(model, x, y, cfg.norm, cfg.eps, self.alpha, cfg.steps, cfg.kappa, cfg.random_start)
-
-        return best_of_restarts(model, images, labels, cfg.restarts, run)
+        return lambda x, y: cw_pgd(model, x, y, cfg.norm, cfg.eps, self.alpha, cfg.steps, cfg.kappa, cfg.random_start)
 
 
 class FGSMAttack(Attack):

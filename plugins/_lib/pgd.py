@@ -53,9 +53,13 @@ class PGDAttack(Attack):
         self.eps = config.eps
         self.alpha = step_size(config.norm, config.eps, config.steps, config.alpha)
 
+    def single_run(self, model):
+        """One restart of the attack: a callable (images, labels) -> adversarial images."""
+        cfg = self.config
+        return torchattacks_pgd(model, cfg.norm, cfg.eps, self.alpha, cfg.steps, cfg.random_start)
+
     def perturb(self, model, images, labels):
         cfg = self.config
         if cfg.eps == 0 or cfg.steps == 0:
             return images.clone()
-        attack = torchattacks_pgd(model, cfg.norm, cfg.eps, self.alpha, cfg.steps, cfg.random_start)
-        return best_of_restarts(model, images, labels, cfg.restarts, attack)
+        return best_of_restarts(model, images, labels, cfg.restarts, self.single_run(model))
