@@ -36,6 +36,16 @@ def handle_errors(func):
             fail("interrupted", 130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OSError as exc:  # the environment's fault (full disk, permissions), not a bug in rtk
+            if debug:
+                raise
+            from rtk.errors import os_error
+
+            fail(str(os_error(exc)).splitlines()[0])
+        except RecursionError:  # a hostile recipe nested past what the parser or validator handle
+            if debug:
+                raise
+            fail("the recipe or a --set value is nested too deeply")
         except Exception as exc:
             if debug:
                 raise
@@ -93,8 +103,9 @@ def cli(debug):
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished runs are kept, a saved target checkpoint is reused, evaluation continues after its last saved batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--deterministic", is_flag=True, help="Use only deterministic torch algorithms (slower on GPU; an operation without one fails); recorded in env.json.")
 @handle_errors
-def run(recipe, overrides, profile, out, overwrite, resume, quiet):
+def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic):
     """Run RECIPE: train or load the source, transfer, evaluate, certify; write results to --out."""
     from rtk.recipe import load_recipe
     from rtk.runner import Runner
@@ -103,7 +114,7 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet):
         fail("--resume needs --out DIR, the folder of the interrupted run")
     loaded = load_recipe(recipe, profile, list(overrides))
     runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
-                    resume=resume)
+                    resume=resume, deterministic=deterministic)
     err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{f' (profile {profile})' if profile else ''} -> {runner.out_dir}")
     runner.run()
     runner.report(console)
@@ -130,6 +141,7 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet):
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any key of the generated recipe, e.g. --set eval.attack_order=sequential.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--deterministic", is_flag=True, help="Use only deterministic torch algorithms; recorded in env.json.")
 @handle_errors
 def eval_command(**options):
     """Evaluate a weights file: clean, per-attack and robust accuracy, as `rtk run` reports them.

@@ -42,12 +42,17 @@ def parse_number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number, got a boolean")
     if isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # TOML integers are unbounded; floats stop near 1.8e308
+            raise ValueError("expected a finite number, got an integer too large for a float") from None
     elif isinstance(value, str):
         try:
             result = float(Fraction(value.strip()))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f'expected a number or a fraction like "8/255", got "{value}"') from None
+        except OverflowError:
+            raise ValueError(f'expected a finite number, got "{value}" (too large for a float)') from None
     else:
         raise ValueError(f"expected a number, got {type(value).__name__}")
     if not math.isfinite(result):

@@ -27,10 +27,28 @@ class RunContext:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     show_progress: bool = True
     out_dir: Path | None = None
+    # Where fit keeps training checkpoints (None: it keeps none) and whether it continues from them.
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    run_index: int = 0
+    train_stage: str | None = None
+    _fits: dict = field(default_factory=dict, repr=False)
 
     def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator seeded from the run seed (offset separates independent streams)."""
         return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + offset)
+
+    def train_checkpoint(self, stage: str | None = None) -> Path | None:
+        """The checkpoint file of the next ``fit`` of ``stage`` (default: the stage running now).
+
+        A strategy that trains twice (probe, then fine-tune) gets one file per call, so that a
+        resumed run finds the first training finished and continues the second.
+        """
+        stage = stage or self.train_stage
+        if self.checkpoint_dir is None or stage is None:
+            return None
+        calls = self._fits[stage] = self._fits.get(stage, -1) + 1
+        return Path(self.checkpoint_dir) / f"{stage}-{self.run_index}{f'.{calls}' if calls else ''}.pt"
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None):

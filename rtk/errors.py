@@ -23,3 +23,28 @@ class DataError(RtkError):
 
 class WeightsError(RtkError):
     """A weights file is missing, unsafe, corrupt, or does not match the model."""
+
+
+class OutputError(RtkError):
+    """The output folder cannot be written: full disk, no permission, or another run holds it."""
+
+
+def os_error(exc: OSError) -> OutputError:
+    """An OSError nobody turned into an RtkError (a plugin writing a file, say), as one line."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return write_error(exc.filename or "the output folder", exc)
+    where = f" {exc.filename}" if exc.filename else ""
+    return OutputError(f"cannot access{where}: {exc.strerror or exc}")
+
+
+def write_error(path, exc: OSError) -> OutputError:
+    """A one-line OutputError for an OSError raised while writing ``path``."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on device while writing {path}: free space or choose another --out")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {path}: {exc.strerror or 'permission denied'}; choose another --out")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}; choose another --out")

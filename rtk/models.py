@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rtk.errors import WeightsError
+from rtk.errors import OutputError, WeightsError, write_error
 
 
 class Normalize(nn.Module):
@@ -116,6 +116,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or a pickle that asks for arbitrary objects
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) would run the pickle
+            first = "corrupt, or a pickle that holds more than tensors"
         raise WeightsError(
             f"cannot read weights {path}: {first[:300]} (rtk loads only safetensors files or tensor-only"
             " torch files; convert others with safetensors.torch.save_file)"
@@ -156,8 +158,15 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(tmp))
+        tmp.replace(path)
+    except Exception as exc:  # safetensors reports a full disk as its own error type, not OSError
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutputError(f"cannot write {path}: {first[:200]}; free space or choose another --out") from None

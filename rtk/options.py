@@ -17,7 +17,7 @@ class DatasetConfig:
     remap: bool = option(True, help="relabel the kept classes 0..k-1 in the order listed (false keeps the original ids and class count, as split CIFAR-100 does)")
     per_class: int | None = option(None, min=1, help="keep N training examples per class (seeded): low-data regimes")
     val_fraction: float = option(0.0, min=0.0, max=0.9, help="hold out this fraction of the training set as a validation split (stratified, seeded)")
-    seed: int = option(0, help="seed of the per_class and validation draws (independent of the run seed, so every run sees the same subset)")
+    seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the per_class and validation draws (independent of the run seed, so every run sees the same subset)")
 
 
 
@@ -25,8 +25,8 @@ class DatasetConfig:
 class TrainConfig:
     """Optimisation options shared by source training and the strategies that train weights."""
 
-    epochs: int = option(10, min=0, help="passes over the training set")
-    batch_size: int = option(128, min=1, help="examples per step")
+    epochs: int = option(10, min=0, max=100_000, help="passes over the training set")
+    batch_size: int = option(128, min=1, max=1_000_000, help="examples per step")
     optimizer: Literal["sgd", "adam", "adamw"] = option("adam", help="optimizer")
     lr: float = option(1e-3, min=0.0, help="learning rate")
     momentum: float = option(0.9, min=0.0, max=1.0, help="SGD momentum")
@@ -35,3 +35,4 @@ class TrainConfig:
     milestones: list[float] = option(default_factory=list, help="multistep: epochs at which the rate is multiplied by gamma")
     gamma: float = option(0.1, min=0.0, help="multistep decay factor")
     augment: Literal["none", "crop", "flip", "crop-flip"] = option("none", help="batch augmentation (crop-flip = pad-4 random crop + horizontal flip)")
+    checkpoint_every: int = option(0, min=0, help="also save a resumable training checkpoint every N steps (0: at the end of every epoch only)")

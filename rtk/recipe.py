@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 from rtk.errors import RecipeError
 
+MAX_DEPTH = 32
+MAX_SWEEP_POINTS = 10_000  # validating ~1 ms per point; larger sweeps are almost always a typo
 TOP_LEVEL = ("run", "source", "target", "transfer", "eval", "certify", "sweep", "profile", "paper")
 
 
@@ -58,8 +61,8 @@ def read_toml(path: Path) -> dict:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's 4300-digit limit
+        raise RecipeError(f"{path}: invalid TOML: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     except RecursionError:
         raise RecipeError(f"{path}: invalid TOML: nested too deeply") from None
 
@@ -70,6 +73,10 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise RecipeError(f"--set value {text[:40]}...: nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit
+        raise RecipeError(f"--set value {text[:40]}...: {exc}") from None
 
 
 def split_key(key: str) -> list[str]:
@@ -107,15 +114,19 @@ def set_dotted(raw: dict, key: str, value: Any, origin: str) -> None:
 
 
 def _list_item(node: list, part: str, where: str, origin: str):
-    if not part.isdigit() or int(part) >= len(node):
+    if not _is_index(part) or int(part) >= len(node):
         raise RecipeError(f'{origin}: "{where}" needs an index 0..{len(node) - 1} (the list has {len(node)} entries)')
     return node[int(part)]
+
+
+def _is_index(part: str) -> bool:
+    return part.isascii() and part.isdigit()  # str.isdigit accepts "²", which int() rejects
 
 
 def get_dotted(raw: dict, key: str) -> Any:
     node: Any = raw
     for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        if isinstance(node, list) and _is_index(part) and int(part) < len(node):
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
@@ -128,6 +139,7 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
     """Read a recipe, apply a profile and --set overrides. Raises RecipeError (one line) on any problem."""
     path = Path(path)
     raw = read_toml(path)
+    _check_depth(raw, str(path))
     unknown = [k for k in raw if k not in TOP_LEVEL]
     if unknown:
         raise RecipeError(f'{path}: unknown table [{unknown[0]}]; valid tables: {", ".join(TOP_LEVEL)}')
@@ -146,7 +158,20 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
         if not sep:
             raise RecipeError(f'--set "{item}": expected KEY=VALUE, e.g. --set transfer.lambda_d=0.01')
         set_dotted(raw, key.strip(), parse_value(text.strip()), f"--set {item}")
+        _check_depth(raw, f"--set {item[:60]}")
     return Recipe(path, raw, profile, list(overrides), sorted(profiles))
+
+
+def _check_depth(raw: dict, origin: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH: tomllib reads ~400 levels, but writing
+    recipe.resolved.toml (tomli_w) and copying recurse once per level and fail near 300."""
+    stack = [(raw, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"{origin}: tables or arrays nested more than {MAX_DEPTH} levels deep; no recipe option needs that")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _flatten_profile(table: dict, prefix: str = ""):
@@ -181,13 +206,18 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
             raise recipe.error("sweep", f'"{key}" must be a non-empty list of values, got {values!r}')
         split_key(key)
     keys = list(sweep)
+    if math.prod(len(sweep[k]) for k in keys) > MAX_SWEEP_POINTS:
+        raise recipe.error("sweep", f"expands to {math.prod(len(sweep[k]) for k in keys)} runs, more than {MAX_SWEEP_POINTS}; "
+                           "split the sweep into several recipes")
+    run_table = recipe.raw.get("run")
+    name = run_table.get("name", "run") if isinstance(run_table, dict) else "run"
     points, seen = [], {}
     for combo in itertools.product(*(sweep[k] for k in keys)):
         raw = copy.deepcopy(base)
         params = dict(zip(keys, combo))
         for key, value in params.items():
             set_dotted(raw, key, copy.deepcopy(value), f"{recipe.path}: [sweep]")
-        ident = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()) or str(recipe.raw.get("run", {}).get("name", "run"))
+        ident = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()) or str(name)
         if ident in seen:
             seen[ident] += 1
             ident = f"{ident}#{seen[ident]}"

@@ -5,11 +5,14 @@ before every dataset has loaded, and every file in it is written atomically.
 
 Resuming (``resume=True``): runs already in an incomplete results.json are kept; a run whose
 target checkpoint was saved (it is saved before evaluation starts) is not trained again, and its
-evaluation continues after the last batch saved in ``eval-state/run-<i>.safetensors``.
+evaluation continues after the last batch saved in ``eval-state/run-<i>.safetensors``. An
+interrupted training continues from ``train-state/<source|transfer>-<i>.pt`` (see rtk.checkpoints),
+which is deleted once the stage's weights are saved in ``checkpoints/``.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import sys
@@ -22,10 +25,12 @@ from rich.markup import escape
 
 import rtk
 from rtk.configs import to_table
+from rtk.checkpoints import remove_train_states
 from rtk.context import RunContext, resolve_device
 from rtk.data import DataSplits, apply_options
 from rtk.errors import RtkError
 from rtk.evaluation import EvalState, evaluate, select_indices
+from rtk.locking import OutputLock
 from rtk.models import load_weights, read_state_dict, save_weights
 from rtk.recipe import Recipe, paper_for
 from rtk.registry import Registry
@@ -46,7 +51,7 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def environment(device: torch.device, seed: int) -> dict:
+def environment(device: torch.device, seed: int, deterministic: bool = False) -> dict:
     import importlib.metadata as md
 
     versions = {}
@@ -59,7 +64,7 @@ def environment(device: torch.device, seed: int) -> dict:
         "rtk": rtk.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "versions": versions, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(), "seed": seed, "argv": sys.argv,
+        "torch_threads": torch.get_num_threads(), "seed": seed, "argv": sys.argv, "deterministic": deterministic,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -96,7 +101,8 @@ def first_difference(a, b, prefix: str = "") -> str | None:
 
 class Runner:
     def __init__(self, recipe: Recipe, registry: Registry, out_dir: Path | None = None, *,
-                 show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False):
+                 show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False,
+                 deterministic: bool = False):
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
@@ -107,6 +113,8 @@ class Runner:
         if resume and overwrite:
             raise RtkError("--resume continues the results in --out and --overwrite replaces them; pass one of them")
         self.resume = resume
+        self.overwrite = overwrite
+        self.deterministic = deterministic
         self.show_progress = show_progress
         self.console = console
         self.datasets: dict[str, DataSplits] = {}
@@ -114,6 +122,7 @@ class Runner:
         keys = [json.dumps(spec.raw.get("source"), sort_keys=True, default=str) for spec in self.specs]
         self.source_index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # stable checkpoint names
         self.runs: list[dict] = []
+        OutputLock(self.out_dir).check()  # refuse a folder another run is writing before reading its results
         self.finished: list[dict] = self.check_resume() if resume else []
         if not resume and (self.out_dir / "results.json").exists() and not overwrite:
             raise RtkError(f"{self.out_dir} already holds results.json; choose another --out, pass --overwrite,"
@@ -148,9 +157,10 @@ class Runner:
             raise RtkError(f"cannot resume: the runs in {results} are not this recipe's sweep points; choose another --out")
         return runs
 
-    def context(self, spec: RunSpec) -> RunContext:
+    def context(self, spec: RunSpec, index: int = 0) -> RunContext:
         ctx = RunContext(device=resolve_device(spec.run.device), seed=spec.run.seed, show_progress=self.show_progress,
-                         out_dir=self.out_dir)
+                         out_dir=self.out_dir, checkpoint_dir=self.out_dir / "train-state", resume=self.resume,
+                         run_index=index)
         if self.console is not None:
             ctx.console = self.console
         return ctx
@@ -184,10 +194,13 @@ class Runner:
             info["weights"] = str(source.weights)
         if data is not None:
             objective = source.objective.build()
-            history = fit(model, data.train, objective, source.train, ctx, description=f"source ({source.objective.name})")
+            stage = f"source-{self.source_index[key]}"
+            history = fit(model, data.train, objective, source.train, ctx, description=f"source ({source.objective.name})",
+                          checkpoint=ctx.checkpoint_dir / f"{stage}.pt")
             info.update(clean=accuracy(model, data.test, ctx), final_loss=history[-1] if history else None)
             checkpoint = self.out_dir / "checkpoints" / f"source-{self.source_index[key]}.safetensors"
             save_weights(model, checkpoint)
+            remove_train_states(ctx.checkpoint_dir, stage)
             info["checkpoint"] = str(checkpoint.relative_to(self.out_dir))
         self.sources[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
         return model, info
@@ -203,7 +216,10 @@ class Runner:
         transferred now, or, when resuming, rebuilt from the checkpoint saved before evaluation."""
         checkpoint, pending, _ = self.state_paths(index)
         if self.resume and pending.is_file() and checkpoint.is_file():
-            info = json.loads(pending.read_text(encoding="utf-8"))
+            try:
+                info = json.loads(pending.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise RtkError(f"cannot resume: {pending} is unreadable ({type(exc).__name__}); delete it to train this run again") from None
             head = read_state_dict(checkpoint).get("head.weight")
             model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
             load_weights(model, checkpoint)
@@ -214,16 +230,21 @@ class Runner:
             seed_everything(spec.run.seed + 1)
             strategy = spec.transfer.build()
             objective = spec.transfer_objective.build() if spec.transfer_objective else None
-            model = strategy.transfer(model, target, ctx, objective)
+            ctx.train_stage = "transfer"  # so that the strategy's fit calls keep resumable checkpoints
+            try:
+                model = strategy.transfer(model, target, ctx, objective)
+            finally:
+                ctx.train_stage = None
         seconds = time.perf_counter() - started
         # Saved before evaluation, so an interrupted evaluation resumes without training again.
         save_weights(model, checkpoint)
         atomic_write_text(pending, json.dumps({"source": source_info, "seconds": seconds,
                                                "num_classes": getattr(model, "num_classes", None)}) + "\n")
+        remove_train_states(ctx.checkpoint_dir, f"transfer-{index}")
         return model, source_info, seconds
 
     def run_point(self, index: int, spec: RunSpec) -> dict:
-        ctx = self.context(spec)
+        ctx = self.context(spec, index)
         target = self.dataset(spec.target) if spec.target else None
         model, source_info, seconds = self.target_model(index, spec, ctx, target)
         started = time.perf_counter()
@@ -271,7 +292,7 @@ class Runner:
         atomic_write_text(self.out_dir / "recipe.resolved.toml",
                           f"# {self.recipe.path} resolved (profile: {self.recipe.profile}, --set: {self.recipe.overrides})\n"
                           + tomli_w.dumps(resolved))
-        atomic_write_text(self.out_dir / "env.json", json.dumps(environment(ctx.device, ctx.seed), indent=2) + "\n")
+        atomic_write_text(self.out_dir / "env.json", json.dumps(environment(ctx.device, ctx.seed, self.deterministic), indent=2) + "\n")
 
     def prepare(self) -> None:
         """Load every dataset before anything is written, so missing data fails with an empty --out."""
@@ -281,7 +302,26 @@ class Runner:
                     self.dataset(data)
 
     def run(self) -> dict:
+        if not self.deterministic:
+            return self._run()
+        previous = torch.are_deterministic_algorithms_enabled()
+        if torch.cuda.is_available():  # cuBLAS is deterministic only with a fixed workspace
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        try:
+            return self._run()
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _run(self) -> dict:
         self.prepare()
+        with OutputLock(self.out_dir):  # taken after prepare(), so a run whose data fails leaves no folder
+            if not (self.resume or self.overwrite) and (self.out_dir / "results.json").exists():  # a run that finished meanwhile
+                raise RtkError(f"{self.out_dir} already holds results.json; choose another --out, pass --overwrite,"
+                               " or --resume to continue an interrupted run")
+            return self._run_points()
+
+    def _run_points(self) -> dict:
         self.runs = list(self.finished)
         for index, spec in enumerate(self.specs):
             if index < len(self.finished):
@@ -296,9 +336,9 @@ class Runner:
             _, pending, state = self.state_paths(index)
             pending.unlink(missing_ok=True)
             EvalState(state).remove()
-        state = self.out_dir / "eval-state"
-        if state.is_dir() and not any(state.iterdir()):
-            state.rmdir()
+        for state in (self.out_dir / "eval-state", self.out_dir / "train-state"):
+            if state.is_dir() and not any(state.iterdir()):
+                state.rmdir()
         return self.payload(complete=True)
 
     def table(self):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from rtk.configs import ConfigValueError, build_config, option
 from rtk.errors import RecipeError, UnknownComponentError
-from rtk.recipe import Recipe, SweepPoint
+from rtk.recipe import Recipe, SweepPoint, paper_for
 from rtk.registry import KINDS, Component, Registry
 from rtk.options import TrainConfig
 
@@ -22,7 +22,7 @@ class RunConfig:
     """[run]: the run as a whole."""
 
     name: str = option("rtk-run", help="name of the run (default output folder runs/NAME/...)")
-    seed: int = option(0, help="seed of every random stream of the run (CPU runs repeat exactly)")
+    seed: int = option(0, min=0, max=2**31 - 1, help="seed of every random stream of the run (CPU runs repeat exactly)")
     device: str = option("auto", help='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"')
 
 
@@ -30,10 +30,10 @@ class RunConfig:
 class EvalConfig:
     """[eval]: how the transferred model is evaluated (attacks are [[eval.attacks]] tables)."""
 
-    batch_size: int = option(256, min=1, help="examples per attack batch")
+    batch_size: int = option(256, min=1, max=1_000_000, help="examples per attack batch")
     n: int | None = option(None, min=1, help="evaluate on n test examples (all when unset)")
     subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or every k-th")
-    subset_seed: int = option(0, help="seed of the random subset")
+    subset_seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the random subset")
     attack_order: Literal["independent", "sequential"] = option("independent", help='"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case either way')
     per_class: bool = option(False, help='add clean, per-attack and robust accuracy of every class to the results ("per_class")')
     sanity: bool = option(True, help="run the sanity checks (randomness in the forward pass, zero gradients, black-box beating white-box, accuracy rising with more steps or larger eps) and report their flags")
@@ -202,4 +202,7 @@ class Resolver:
 def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:
     """Validate every sweep point of ``recipe`` against the registry; return one RunSpec each."""
     resolver = Resolver(recipe, registry)
-    return [resolver.point(point) for point in recipe.points()]
+    specs = [resolver.point(point) for point in recipe.points()]
+    for spec in specs:  # a malformed [paper] must fail before training, not when the first run reports
+        paper_for(recipe, spec.params)
+    return specs

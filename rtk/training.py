@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from rtk.augment import augment
+from rtk.checkpoints import load_train_state, rng_states, save_train_state, set_rng_states
 from rtk.options import TrainConfig  # noqa: F401  (re-exported: strategies subclass it)
 from rtk.context import RunContext
 from rtk.data import iterate
@@ -47,31 +49,71 @@ def make_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: RunContext, *,
         params: Iterable[nn.Parameter] | None = None, description: str = "train", stream: int = 0,
-        set_mode=None) -> list[float]:
+        set_mode=None, checkpoint: Path | None | str = "auto", resume: bool | None = None) -> list[float]:
     """Train ``params`` (default: all trainable) of ``model`` on ``data`` with ``objective``.
 
     ``set_mode(model)`` is called at the start of every epoch (default ``model.train()``) so
     that strategies can keep parts of the model in eval mode (frozen BN statistics).
     Returns the mean loss of each epoch. A NaN or infinite loss stops training with the step named.
+
+    ``checkpoint`` (default: ``ctx.train_checkpoint()``, None: none) is rewritten at the end of
+    every epoch and every ``cfg.checkpoint_every`` steps; with ``resume`` (default ``ctx.resume``)
+    training continues from it and ends with the weights an uninterrupted run would have.
     """
     optimizer = make_optimizer(model.parameters() if params is None else params, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
     generator = ctx.generator(offset=1000 + stream)
-    history = []
-    step = 0
+    path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
+    resume = ctx.resume if resume is None else resume
+    every = getattr(cfg, "checkpoint_every", 0) or 0
+    fingerprint = (f"{description}|stream {stream}|{len(data)} examples|batch {cfg.batch_size}|{cfg.epochs} epochs|"
+                   + ",".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()))
+    history, step, first_epoch, done, total, count = [], 0, 0, 0, 0.0, 0
+    epoch_start = generator.get_state()
+    saved = None  # the path of the last checkpoint this training can go back to
+    if path is not None and Path(path).is_file():
+        if resume:
+            state = load_train_state(Path(path), fingerprint)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            set_rng_states(state["rng"])
+            history, step, first_epoch, done = list(state["history"]), state["step"], state["epoch"], state["done"]
+            total, count, epoch_start, saved = state["total"], state["count"], state["generator"], path
+        else:
+            Path(path).unlink()  # a stale file of an earlier run must never be resumed from
+
+    def save(epoch: int, done: int, start_state: torch.Tensor) -> None:
+        nonlocal saved
+        if path is None:
+            return
+        save_train_state(Path(path), {
+            "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "rng": rng_states(), "generator": start_state,
+            "epoch": epoch, "done": done, "step": step, "history": history, "total": total, "count": count})
+        saved = path
+
     with ctx.progress(description, cfg.epochs * steps_per_epoch) as advance:
-        for epoch in range(cfg.epochs):
+        advance(step)
+        for epoch in range(first_epoch, cfg.epochs):
             (set_mode or (lambda m: m.train()))(model)
             if hasattr(objective, "start_epoch"):
                 objective.start_epoch(epoch, cfg.epochs)
-            total, count = 0.0, 0
-            for images, labels in iterate(data, cfg.batch_size, shuffle=True, generator=generator):
-                images = augment(images, cfg.augment, generator).to(ctx.device, non_blocking=True)
-                labels = labels.to(ctx.device, non_blocking=True)
+            # The epoch's order and augmentations come from the generator's state at its start:
+            # a resumed epoch replays them and skips the batches already trained on.
+            generator.set_state(epoch_start)
+            for batch, (images, labels) in enumerate(iterate(data, cfg.batch_size, shuffle=True, generator=generator)):
+                images = augment(images, cfg.augment, generator)
+                if batch < done:
+                    continue
+                images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
                 loss = objective.loss(model, images, labels)
                 if not torch.isfinite(loss):
-                    raise RtkError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning rate or check the data")
+                    last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
+                    stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
+                    raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
+                                   " lower the learning rate or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -80,7 +122,11 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
                 total += loss.item() * len(labels)
                 count += len(labels)
                 advance()
+                if every and step % every == 0 and batch + 1 < steps_per_epoch:
+                    save(epoch, batch + 1, epoch_start)
             history.append(total / max(count, 1))
+            done, total, count, epoch_start = 0, 0.0, 0, generator.get_state()
+            save(epoch + 1, 0, epoch_start)
     model.eval()
     return history
 

@@ -142,3 +142,4 @@ def test_nan_loss_stops_with_the_step_named(tiny_recipe, tmp_path, cli):
     result = cli("run", tiny_recipe, "--out", tmp_path / "out", "--set", "source.train.lr=1e30", "--set",
                  "source.train.optimizer=sgd", "--quiet")
     assert result.exit_code == 2 and "loss became" in result.stderr and "step" in result.stderr
+    assert "no checkpoint yet" in result.stderr or "last good checkpoint" in result.stderr

@@ -1,0 +1,230 @@
+"""Reliability: `rtk run` SIGKILLed during source training, during transfer training or between
+sweep points and then resumed gives exactly the numbers of an uninterrupted run; training
+checkpoints; --deterministic."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import rtk
+from rtk.context import RunContext
+from rtk.errors import RtkError
+from rtk.models import read_state_dict
+from rtk.recipe import load_recipe
+from rtk.registry import registry_with, using
+from rtk.runner import Runner
+from rtk.training import CrossEntropy, fit
+from tests.conftest import TINY_RECIPE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class HangingCE(CrossEntropy):
+    """Cross-entropy, except that in a process whose environment says RTK_TEST_HANG=FILE:K it
+    writes FILE and sleeps at the K-th loss of the process: a subprocess to SIGKILL at a known step."""
+
+    calls = 0
+    deterministic: list[bool] = []
+
+    def loss(self, model, images, labels):
+        HangingCE.calls += 1
+        HangingCE.deterministic.append(torch.are_deterministic_algorithms_enabled())
+        marker, _, at = os.environ.get("RTK_TEST_HANG", "").partition(":")
+        if marker and HangingCE.calls == int(at):
+            open(marker, "w").close()
+            time.sleep(600)
+        return super().loss(model, images, labels)
+
+
+def register_objectives(register):
+    from rtk_plugins.objectives import NaturalConfig
+
+    register("hanging-ce", lambda config: HangingCE(), config=NaturalConfig, summary="CE that can hang")
+
+
+def register_transfer_strategies(register):
+    import rtk_plugins._lib.probe as probe
+    from rtk_plugins.transfer import LinearProbeConfig
+
+    class HangingProbe(probe.LinearProbe):
+        """rtk's linear probe, its head trained with HangingCE."""
+
+        def transfer(self, model, data, ctx, objective=None):
+            plain, probe.CrossEntropy = probe.CrossEntropy, HangingCE
+            try:
+                return super().transfer(model, data, ctx, objective)
+            finally:
+                probe.CrossEntropy = plain
+
+    register("hanging-probe", HangingProbe, config=LinearProbeConfig, summary="linear probe that can hang")
+
+
+def make_registry():
+    plugin = types.ModuleType("hanging_training")
+    plugin.register_objectives = rtk.hookimpl(register_objectives)
+    plugin.register_transfer_strategies = rtk.hookimpl(register_transfer_strategies)
+    return registry_with(plugin)
+
+
+# Source: 631 examples, batch 64 -> 10 steps an epoch, 2 epochs (losses 1-20), a checkpoint
+# every 4 steps. Probe: 5 steps an epoch, 3 epochs per sweep point (losses 21-35, then 36-50).
+RECIPE = (TINY_RECIPE.replace("[source.train]", '[source.objective]\nname = "hanging-ce"\n\n[source.train]\ncheckpoint_every = 4')
+          .replace('strategy = "linear-probe"', 'strategy = "hanging-probe"\nbatch_size = 128')
+          + '\n[sweep]\n"transfer.lr" = [0.01, 0.03]\n')
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return make_registry()
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "recipe.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(recipe, registry, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    Runner(load_recipe(recipe), registry, out, show_progress=False).run()
+    return out
+
+
+def killed_at(recipe, out: Path, loss: int) -> None:
+    """`rtk run RECIPE --out OUT` in a subprocess, SIGKILLed while it computes its ``loss``-th loss."""
+    marker = out.parent / f"{out.name}-hanging"
+    # One thread, as in this process (one_thread): float sums depend on how work is split.
+    script = ("import torch\nimport rtk.cli\nfrom rtk.registry import using\nfrom tests.test_resume import make_registry\n"
+              "torch.set_num_threads(1)\nwith using(make_registry()):\n    rtk.cli.main()\n")
+    process = subprocess.Popen([sys.executable, "-c", script, "run", str(recipe), "--out", str(out), "--quiet"],
+                               env=dict(os.environ, HF_HUB_OFFLINE="1", RTK_TEST_HANG=f"{marker}:{loss}"),
+                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists(), f"the run never reached loss {loss}: {process.stderr.read()!r}"
+
+
+def resume(recipe, registry, out: Path) -> dict:
+    with using(registry):
+        return Runner(load_recipe(recipe), registry, out, show_progress=False, resume=True).run()
+
+
+def same_run(out: Path, whole: Path) -> None:
+    first, second = (json.loads((d / "results.json").read_text()) for d in (out, whole))
+    assert first["complete"] and len(first["runs"]) == 2
+    for a, b in zip(first["runs"], second["runs"]):
+        assert a["metrics"] == b["metrics"] and a["source"] == b["source"] and a["flags"] == b["flags"]
+    for name in ("source-0", "run-0", "run-1"):
+        mine, theirs = (read_state_dict(d / "checkpoints" / f"{name}.safetensors") for d in (out, whole))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    assert not (out / "train-state").exists() and not (out / "eval-state").exists()
+
+
+def test_killed_during_source_training(recipe, registry, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    killed_at(recipe, out, 7)
+    state = torch.load(out / "train-state" / "source-0.pt", weights_only=True)
+    assert (state["epoch"], state["done"], state["step"]) == (0, 4, 4)  # mid-epoch: 4 of 10 batches
+    resume(recipe, registry, out)
+    same_run(out, uninterrupted)
+
+
+def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    killed_at(recipe, out, 28)  # 2nd probe epoch, after the 1st epoch's checkpoint
+    assert not (out / "train-state" / "source-0.pt").exists()  # dropped once the source was saved
+    assert torch.load(out / "train-state" / "transfer-0.pt", weights_only=True)["epoch"] == 1
+    resume(recipe, registry, out)
+    same_run(out, uninterrupted)
+
+
+def test_killed_between_sweep_points(recipe, registry, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    killed_at(recipe, out, 36)  # the first probe step of the second sweep point
+    before = json.loads((out / "results.json").read_text())
+    assert not before["complete"] and len(before["runs"]) == 1
+    resume(recipe, registry, out)
+    same_run(out, uninterrupted)
+    assert json.loads((out / "results.json").read_text())["runs"][0] == before["runs"][0]  # not recomputed
+
+
+def tiny_data():
+    from rtk.data import ImageSet
+
+    generator = torch.Generator().manual_seed(0)
+    return ImageSet(torch.rand(50, 1, 8, 8, generator=generator), torch.randint(0, 3, (50,), generator=generator))
+
+
+def tiny_model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+
+
+class Scripted(CrossEntropy):
+    """Cross-entropy plus a little global-RNG noise; at call ``at`` it is interrupted or NaN."""
+
+    def __init__(self, at=0, fault=KeyboardInterrupt):
+        self.calls, self.at, self.fault = 0, at, fault
+
+    def loss(self, model, images, labels):
+        self.calls += 1
+        if self.calls == self.at and self.fault is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        loss = super().loss(model, images, labels) + 0.01 * torch.rand(())
+        return loss * float("nan") if self.calls == self.at else loss
+
+
+def test_mid_epoch_checkpoint_resumes_bit_identically_with_augmentation(tmp_path):
+    from rtk.options import TrainConfig
+
+    data, ctx = tiny_data(), RunContext(show_progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", augment="crop-flip", checkpoint_every=3)
+    whole = tiny_model()
+    history = fit(whole, data, Scripted(), cfg, ctx, checkpoint=None)
+    path = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), data, Scripted(11), cfg, ctx, checkpoint=path)  # epoch 2 (7 batches an epoch), batch 4
+    assert torch.load(path, weights_only=True)["done"] == 2  # saved at step 9
+    torch.manual_seed(123)  # a resumed process starts from another global RNG state
+    resumed = tiny_model()
+    assert fit(resumed, data, Scripted(), cfg, ctx, checkpoint=path, resume=True) == history
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(RtkError, match="another training"):
+        fit(tiny_model(), data, Scripted(), TrainConfig(epochs=3, batch_size=8), ctx, checkpoint=path, resume=True)
+
+
+def test_nan_loss_names_the_last_checkpoint(tmp_path):
+    from rtk.options import TrainConfig
+
+    ctx = RunContext(show_progress=False, checkpoint_dir=tmp_path, train_stage="transfer")
+    cfg = TrainConfig(epochs=2, batch_size=8)  # 7 steps an epoch
+    with pytest.raises(RtkError) as error:
+        fit(tiny_model(), tiny_data(), Scripted(10, "nan"), cfg, ctx, description="probe")
+    assert str(error.value).startswith("transfer (probe): loss became nan at epoch 2, step 10 (last good checkpoint"
+                                       f" {tmp_path / 'transfer-0.pt'});")
+    with pytest.raises(RtkError, match=r"at epoch 1, step 3 \(no checkpoint yet\)"):
+        fit(tiny_model(), tiny_data(), Scripted(3, "nan"), cfg, ctx, description="probe")
+
+
+def test_deterministic_flag(recipe, registry, cli, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    HangingCE.deterministic.clear()
+    with using(registry):
+        result = cli("run", recipe, "--out", tmp_path / "out", "--set", "sweep.transfer.lr=[0.01]", "--set",
+                     "source.train.epochs=1", "--quiet", "--deterministic")
+    assert result.exit_code == 0, result.stderr
+    assert HangingCE.deterministic and all(HangingCE.deterministic)
+    assert json.loads((tmp_path / "out" / "env.json").read_text())["deterministic"] is True
+    assert torch.are_deterministic_algorithms_enabled() == before
