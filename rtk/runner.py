@@ -192,7 +192,12 @@ class Runner:
         if source.weights is not None:
             load_weights(model, source.weights)
             info["weights"] = str(source.weights)
-        if data is not None:
+        trained = self.out_dir / "checkpoints" / f"source-{self.source_index[key]}"
+        if data is not None and self.resume and trained.with_suffix(".json").is_file():
+            # Finished before the interruption: its weights and info were saved, so never train it again.
+            load_weights(model, trained.with_suffix(".safetensors"))
+            info = json.loads(trained.with_suffix(".json").read_text(encoding="utf-8"))
+        elif data is not None:
             objective = source.objective.build()
             stage = f"source-{self.source_index[key]}"
             history = fit(model, data.train, objective, source.train, ctx, description=f"source ({source.objective.name})",
@@ -202,6 +207,7 @@ class Runner:
             save_weights(model, checkpoint)
             remove_train_states(ctx.checkpoint_dir, stage)
             info["checkpoint"] = str(checkpoint.relative_to(self.out_dir))
+            atomic_write_text(trained.with_suffix(".json"), json.dumps(info) + "\n")  # after the weights: marks them complete
         self.sources[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
         return model, info
 

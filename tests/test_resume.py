@@ -141,12 +141,19 @@ def test_killed_during_source_training(recipe, registry, uninterrupted, tmp_path
     same_run(out, uninterrupted)
 
 
-def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_path):
+def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_path, monkeypatch):
     out = tmp_path / "out"
     killed_at(recipe, out, 28)  # 2nd probe epoch, after the 1st epoch's checkpoint
     assert not (out / "train-state" / "source-0.pt").exists()  # dropped once the source was saved
     assert torch.load(out / "train-state" / "transfer-0.pt", weights_only=True)["epoch"] == 1
+    assert (out / "checkpoints" / "source-0.json").is_file()  # the finished source's info, saved after its weights
+    import rtk.runner
+
+    trained = []
+    real_fit = rtk.runner.fit
+    monkeypatch.setattr(rtk.runner, "fit", lambda *a, **k: trained.append(k.get("description")) or real_fit(*a, **k))
     resume(recipe, registry, out)
+    assert not any(d.startswith("source") for d in trained)  # the finished source is loaded, not trained again
     same_run(out, uninterrupted)
 
 
