@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import trained_digits_cnn
+from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
 
 TARGET = 1.05
 
@@ -60,15 +60,7 @@ def main(argv=None) -> int:
         return adversary.run_standard_evaluation(images, labels)[0]
 
     paths = {"rtk": rtk_path, "reference": reference_path}
-    times = {name: [] for name in paths}
-    outputs = {}
-    for repeat in range(args.repeats):
-        order = ["rtk", "reference"] if repeat % 2 == 0 else ["reference", "rtk"]
-        for name in order:
-            start = time.perf_counter()
-            outputs[name] = paths[name]()
-            times[name].append(time.perf_counter() - start)
-            print(f"  repeat {repeat + 1}/{args.repeats} {name:<9} {times[name][-1]:7.2f} s", file=sys.stderr, flush=True)
+    times, outputs = time_side_by_side(paths, args.repeats)
 
     def robust_accuracy(adversarial):
         with torch.no_grad():
@@ -77,10 +69,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    # Each repeat runs the two paths back to back, so its ratio cancels slow drifts in machine load
-    # that a ratio of the two medians picks up on a shared box.
     paired = [a / b for a, b in zip(times["rtk"], times["reference"])]
-    ratio = statistics.median(paired)
+    ratio = paired_ratio(times, "rtk", "reference")
     result = {
         "benchmark": "autoattack standard, rtk vs pyautoattack called directly",
         "model": "small-cnn [8, 16] / 32, digits", "n": len(labels), "eps": args.eps, "norm": "Linf",

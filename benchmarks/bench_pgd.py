@@ -23,11 +23,10 @@ import json
 import platform
 import statistics
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
-from benchmarks.common import trained_digits_cnn
+from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
 
 TARGET = 1.05
 
@@ -117,22 +116,11 @@ def main(argv=None) -> int:
 
     paths = {"rtk": rtk_path, "plain": plain_path}
     rtk_path(), plain_path()  # warm-up: allocator, kernels, lazy imports
-    times = {name: [] for name in paths}
-    robust = {}
-    for repeat in range(args.repeats):
-        for name in (["rtk", "plain"] if repeat % 2 == 0 else ["plain", "rtk"]):
-            sync()
-            start = time.perf_counter()
-            robust[name] = paths[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-            print(f"  repeat {repeat + 1}/{args.repeats} {name:<6} {times[name][-1]:7.3f} s", file=sys.stderr, flush=True)
+    times, robust = time_side_by_side(paths, args.repeats, sync)
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    # Each repeat times both paths back to back, so the median of per-repeat ratios cancels most
-    # of the drift of a shared machine's load; the ratio of medians is reported beside it.
-    ratio = statistics.median(r / p for r, p in zip(times["rtk"], times["plain"]))
+    ratio = paired_ratio(times, "rtk", "plain")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     result = {
         "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.evaluate vs a plain torchattacks.PGD loop",

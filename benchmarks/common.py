@@ -23,3 +23,33 @@ def trained_digits_cnn(device="cpu"):
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
     return model.eval(), splits.test
+
+
+def time_side_by_side(paths: dict, repeats: int, sync=None, unit: str = "s") -> tuple[dict, dict]:
+    """Time each path ``repeats`` times, back to back and alternating which goes first, so slow
+    drifts in machine load hit both; returns ({name: [seconds]}, {name: last output})."""
+    import sys
+    import time
+
+    names = list(paths)
+    times = {name: [] for name in names}
+    outputs = {}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            if sync:
+                sync()
+            start = time.perf_counter()
+            outputs[name] = paths[name]()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+            print(f"  repeat {repeat + 1}/{repeats} {name:<9} {times[name][-1]:7.3f} {unit}", file=sys.stderr, flush=True)
+    return times, outputs
+
+
+def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
+    """The median of per-repeat ratios: each repeat ran both paths back to back, so its ratio
+    cancels most of a shared machine's load drift (a ratio of medians does not)."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
