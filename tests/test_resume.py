@@ -1,4 +1,4 @@
-"""Reliability: `rtk run` SIGKILLed during source training, during transfer training or between
+"""Reliability: `rtk run` SIGKILLed during source training, transfer training, certification or between
 sweep points and then resumed gives exactly the numbers of an uninterrupted run; training
 checkpoints; --deterministic."""
 import json
@@ -66,10 +66,32 @@ def register_transfer_strategies(register):
     register("hanging-probe", HangingProbe, config=LinearProbeConfig, summary="linear probe that can hang")
 
 
+class HangingCertifier:
+    """Counts the examples the model gets right; hangs first when RTK_TEST_HANG_CERTIFY names a marker file."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def certify(self, model, data, ctx):
+        marker = os.environ.get("RTK_TEST_HANG_CERTIFY")
+        if marker:
+            open(marker, "w").close()
+            time.sleep(600)
+        images, labels = data.take(torch.arange(len(data)))
+        with torch.no_grad():
+            correct = model(images.to(ctx.device)).argmax(1).cpu() == labels
+        return {"metrics": {"correct": float(correct.float().mean())}}
+
+
+def register_certifiers(register):
+    register("hanging-certifier", HangingCertifier, summary="counts correct examples; can hang")
+
+
 def make_registry():
     plugin = types.ModuleType("hanging_training")
     plugin.register_objectives = rtk.hookimpl(register_objectives)
     plugin.register_transfer_strategies = rtk.hookimpl(register_transfer_strategies)
+    plugin.register_certifiers = rtk.hookimpl(register_certifiers)
     return registry_with(plugin)
 
 
@@ -99,14 +121,16 @@ def uninterrupted(recipe, registry, tmp_path_factory):
     return out
 
 
-def killed_at(recipe, out: Path, loss: int) -> None:
-    """`rtk run RECIPE --out OUT` in a subprocess, SIGKILLed while it computes its ``loss``-th loss."""
+def killed_at(recipe, out: Path, loss: int | None) -> None:
+    """`rtk run RECIPE --out OUT` in a subprocess, SIGKILLed while it computes its ``loss``-th
+    loss (None: while it runs its first certification)."""
     marker = out.parent / f"{out.name}-hanging"
+    hang = {"RTK_TEST_HANG": f"{marker}:{loss}"} if loss is not None else {"RTK_TEST_HANG_CERTIFY": str(marker)}
     # One thread, as in this process (one_thread): float sums depend on how work is split.
     script = ("import torch\nimport rtk.cli\nfrom rtk.registry import using\nfrom tests.test_resume import make_registry\n"
               "torch.set_num_threads(1)\nwith using(make_registry()):\n    rtk.cli.main()\n")
     process = subprocess.Popen([sys.executable, "-c", script, "run", str(recipe), "--out", str(out), "--quiet"],
-                               env=dict(os.environ, HF_HUB_OFFLINE="1", RTK_TEST_HANG=f"{marker}:{loss}"),
+                               env=dict(os.environ, HF_HUB_OFFLINE="1", **hang),
                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -165,6 +189,23 @@ def test_killed_between_sweep_points(recipe, registry, uninterrupted, tmp_path):
     resume(recipe, registry, out)
     same_run(out, uninterrupted)
     assert json.loads((out / "results.json").read_text())["runs"][0] == before["runs"][0]  # not recomputed
+
+
+def test_killed_during_certification(registry, tmp_path):
+    path = tmp_path / "certify.toml"
+    path.write_text(RECIPE + '\n[certify]\ncertifier = "hanging-certifier"\n')
+    whole = tmp_path / "whole"
+    Runner(load_recipe(path), registry, whole, show_progress=False).run()
+    out = tmp_path / "out"
+    killed_at(path, out, None)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "eval-state" / "run-0.safetensors"), framework="pt") as handle:
+        assert int(handle.get_tensor("done")) == 60  # evaluation finished before certification began
+    resume(path, registry, out)
+    same_run(out, whole)
+    first, second = (json.loads((d / "results.json").read_text())["runs"] for d in (out, whole))
+    assert [r["certify"] for r in first] == [r["certify"] for r in second]
 
 
 def tiny_data():
