@@ -4,13 +4,9 @@ import hashlib
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +22,7 @@ from rtk.recipe import load_recipe
 from rtk.registry import registry_with, using
 from rtk.runner import Runner
 from tests.conftest import TINY_RECIPE
+from tests.kill_helpers import kill_cli_at_marker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -303,17 +300,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(trained, fake_regis
                      "--batch-size", "10", "--set", "eval.sanity=false")
     out, marker = tmp_path / "killed", tmp_path / "hanging"
     # The same CLI as `python -m rtk`, with the test's attack plugin added to the registry.
-    script = ("import sys\nimport rtk.cli\nfrom rtk.registry import using\nfrom tests.test_evaluation import make_fake_registry\n"
-              "with using(make_fake_registry()):\n    rtk.cli.main()\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RTK_TEST_HANG=f"{marker}:3")
-    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args), "--out", str(out)], env=env,
-                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert marker.exists(), f"the evaluation never reached its third batch: {process.stderr.read()!r}"
+    stderr = kill_cli_at_marker("tests.test_evaluation:make_fake_registry", [*args, "--out", out], marker,
+                                {"RTK_TEST_HANG": f"{marker}:3"})
+    assert marker.exists(), f"the evaluation never reached its third batch: {stderr!r}"
     assert not (out / "results.json").exists() and (out / "checkpoints" / "run-0.safetensors").is_file()
     from safetensors.torch import load_file
 

@@ -3,9 +3,6 @@ sweep points and then resumed gives exactly the numbers of an uninterrupted run;
 checkpoints; --deterministic."""
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -22,6 +19,7 @@ from rtk.registry import registry_with, using
 from rtk.runner import Runner
 from rtk.training import CrossEntropy, fit
 from tests.conftest import TINY_RECIPE
+from tests.kill_helpers import kill_cli_at_marker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,18 +124,9 @@ def killed_at(recipe, out: Path, loss: int | None) -> None:
     loss (None: while it runs its first certification)."""
     marker = out.parent / f"{out.name}-hanging"
     hang = {"RTK_TEST_HANG": f"{marker}:{loss}"} if loss is not None else {"RTK_TEST_HANG_CERTIFY": str(marker)}
-    # One thread, as in this process (one_thread): float sums depend on how work is split.
-    script = ("import torch\nimport rtk.cli\nfrom rtk.registry import using\nfrom tests.test_resume import make_registry\n"
-              "torch.set_num_threads(1)\nwith using(make_registry()):\n    rtk.cli.main()\n")
-    process = subprocess.Popen([sys.executable, "-c", script, "run", str(recipe), "--out", str(out), "--quiet"],
-                               env=dict(os.environ, HF_HUB_OFFLINE="1", **hang),
-                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert marker.exists(), f"the run never reached loss {loss}: {process.stderr.read()!r}"
+    stderr = kill_cli_at_marker("tests.test_resume:make_registry", ["run", recipe, "--out", out, "--quiet"], marker, hang,
+                                timeout=120, one_thread=True)
+    assert marker.exists(), f"the run never reached loss {loss}: {stderr!r}"
 
 
 def resume(recipe, registry, out: Path) -> dict:
