@@ -5,9 +5,7 @@ file and a rename, and read with ``torch.load(weights_only=True)``: nothing is e
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
@@ -45,18 +43,9 @@ def set_rng_states(states: dict) -> None:
 
 def save_train_state(path: Path, state: dict) -> None:
     """Write ``state`` atomically, so a kill mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from rtk.results import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(path: Path, fingerprint: str) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from rtk.attacks import model_mode
 from rtk.context import RunContext
 from rtk.errors import RtkError
+from rtk.results import atomic_write, stale_temporaries
 
 ORDERS = ("independent", "sequential")
 
@@ -117,14 +117,13 @@ class EvalState:
         for i, chunks in enumerate(correct.values()):
             tensors[f"correct.{i}"] = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool)
         metadata = {"fingerprint": json.dumps(fingerprint, sort_keys=True), "flags": json.dumps(flags, default=str)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, self.path)  # a kill mid-write leaves the previous state intact
+        # Atomic: a kill mid-write leaves the previous state intact.
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+        for tmp in stale_temporaries(self.path):
+            tmp.unlink(missing_ok=True)
 
 
 def attack_batch(model, images, labels, attacks, order: str, seed: int, first_index: int) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rtk.errors import OutputError, WeightsError, write_error
+from rtk.errors import OutputError, WeightsError
 
 
 class Normalize(nn.Module):
@@ -157,16 +157,13 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from rtk.results import atomic_write
+
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(tmp))
-        tmp.replace(path)
+        atomic_write(Path(path), lambda tmp: save_file(state, str(tmp)))
+    except OutputError:
+        raise
     except Exception as exc:  # safetensors reports a full disk as its own error type, not OSError
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OutputError(f"cannot write {path}: {first[:200]}; free space or choose another --out") from None

@@ -7,32 +7,45 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.table import Table
 
 from rtk.errors import write_error
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: readers and a killed run never see half a file. Any OSError (full disk, lost
+    permission) becomes a one-line error naming ``path``; the temporary file never stays behind."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
     except OSError as exc:
         raise write_error(path, exc) from None
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # full disk, lost permission: one line naming the file, not a traceback
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files atomic_write left beside ``path`` when its process was killed mid-write."""
+    return list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
 
 
 def jsonable(value: Any) -> Any:
