@@ -133,9 +133,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load a weights file into ``model``; mismatches name the first offending keys."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True, state: dict | None = None) -> None:
+    """Load a weights file into ``model``; mismatches name the first offending keys.
+
+    ``state``: the file's tensors when the caller has already read them (read_state_dict)."""
+    state = read_state_dict(path) if state is None else state
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -177,8 +177,10 @@ class Runner:
         key = json.dumps(spec.raw.get("source"), sort_keys=True, default=str)
         data = self.dataset(source.data) if source.data else None
         num_classes = source.num_classes or (data.num_classes if data else None)
+        # Read the weights file once: for its class count and to load it (not again for a cached source).
+        weights = read_state_dict(source.weights) if source.weights is not None and key not in self.sources else None
         if num_classes is None and source.weights is not None:
-            head = read_state_dict(source.weights).get("head.weight")
+            head = (weights if weights is not None else self.sources[key][0]).get("head.weight")
             num_classes = head.shape[0] if head is not None else None
         if num_classes is None:
             raise RtkError(f"{self.recipe.path}: [source] num_classes: cannot infer the source's class count; set num_classes")
@@ -190,7 +192,7 @@ class Runner:
             return model, info
         info = {}
         if source.weights is not None:
-            load_weights(model, source.weights)
+            load_weights(model, source.weights, state=weights)
             info["weights"] = str(source.weights)
         trained = self.out_dir / "checkpoints" / f"source-{self.source_index[key]}"
         if data is not None and self.resume and trained.with_suffix(".json").is_file():
@@ -226,9 +228,10 @@ class Runner:
                 info = json.loads(pending.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise RtkError(f"cannot resume: {pending} is unreadable ({type(exc).__name__}); delete it to train this run again") from None
-            head = read_state_dict(checkpoint).get("head.weight")
+            state = read_state_dict(checkpoint)
+            head = state.get("head.weight")
             model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
-            load_weights(model, checkpoint)
+            load_weights(model, checkpoint, state=state)
             return model.to(ctx.device), info.get("source", {}), info.get("seconds", 0.0)
         started = time.perf_counter()
         model, source_info = self.source_model(spec, ctx)
