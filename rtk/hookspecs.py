@@ -80,7 +80,8 @@ def register_certifiers(register):
     """Register certifiers (provable robustness, e.g. randomized smoothing).
 
     factory(config) -> object with ``certify(model, data, ctx) -> dict`` (``data`` the test set) returning
-    JSON-serialisable results (summary metrics under "metrics", optional per-example "rows").
+    JSON-serialisable results (summary metrics under "metrics"). Subclass ``rtk.certify.Certifier``
+    (per-example ``certify_examples`` + ``summarize``) so that runs can shard and resume it.
     """
 
 

@@ -74,7 +74,13 @@ class RtkModel(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.head.out_features
+        """Outputs of the head: its own ``out_features``, else its last Linear's (MLP heads)."""
+        if hasattr(self.head, "out_features"):
+            return self.head.out_features
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise AttributeError("the head has no out_features and no nn.Linear; give it an out_features attribute")
+        return linears[-1].out_features
 
     def reset_head(self, num_classes: int, init: str = "default") -> nn.Linear:
         """Replace the head with a fresh Linear(feature_dim, num_classes).

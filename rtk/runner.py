@@ -229,12 +229,18 @@ class Runner:
             except (OSError, ValueError) as exc:
                 raise RtkError(f"cannot resume: {pending} is unreadable ({type(exc).__name__}); delete it to train this run again") from None
             state = read_state_dict(checkpoint)
-            head = state.get("head.weight")
-            model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
+            if spec.transfer is not None and "source_classes" in info:
+                # The strategy rebuilds what it changed (MLP head, wrapped blocks) before loading.
+                model = spec.source.model.build(num_classes=info["source_classes"])
+                model = spec.transfer.build().rebuild(model, info["num_classes"])
+            else:
+                head = state.get("head.weight")
+                model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
             load_weights(model, checkpoint, state=state)
             return model.to(ctx.device), info.get("source", {}), info.get("seconds", 0.0)
         started = time.perf_counter()
         model, source_info = self.source_model(spec, ctx)
+        source_classes = model.num_classes
         if spec.transfer is not None:
             seed_everything(spec.run.seed + 1)
             strategy = spec.transfer.build()
@@ -248,7 +254,8 @@ class Runner:
         # Saved before evaluation, so an interrupted evaluation resumes without training again.
         save_weights(model, checkpoint)
         atomic_write_text(pending, json.dumps({"source": source_info, "seconds": seconds,
-                                               "num_classes": getattr(model, "num_classes", None)}) + "\n")
+                                               "num_classes": getattr(model, "num_classes", None),
+                                               "source_classes": source_classes}) + "\n")
         remove_train_states(ctx.checkpoint_dir, f"transfer-{index}")
         return model, source_info, seconds
 

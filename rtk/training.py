@@ -19,11 +19,43 @@ from rtk.errors import RtkError
 class Objective:
     """A training loss. ``loss`` is called with the model in train mode and returns a scalar.
 
-    An objective may define ``start_epoch(epoch, epochs)`` to follow the schedule (eps ramps).
+    Optional hooks, all called by ``fit``:
+
+    - ``start_epoch(epoch, epochs)``: follow the schedule (eps ramps).
+    - ``setup(model, device)``: once, before the optimizer is built (create owned modules,
+      e.g. a projection head, on ``device``); their parameters come from ``parameters()``
+      and are trained with the model's.
+    - ``steps_per_batch`` and ``split(images, labels)``: one loader batch becomes
+      ``steps_per_batch`` optimizer steps, one per piece ``split`` returns (Free-AT replays a
+      batch m times; consistency training steps on m chunks). The schedule counts these steps.
+    - ``after_backward()``: after each backward, before the optimizer step (Free-AT updates
+      its persistent perturbation from the same gradient).
+    - ``state_dict()`` / ``load_state_dict(state)``: tensors saved in training checkpoints, so
+      a resumed run continues with the same persistent state.
     """
+
+    steps_per_batch: int = 1
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        pass
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def split(self, images: torch.Tensor, labels: torch.Tensor):
+        return [(images, labels)]
+
+    def after_backward(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -60,8 +92,14 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
     every epoch and every ``cfg.checkpoint_every`` steps; with ``resume`` (default ``ctx.resume``)
     training continues from it and ends with the weights an uninterrupted run would have.
     """
-    optimizer = make_optimizer(model.parameters() if params is None else params, cfg)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    hook = (lambda name, default=None: getattr(objective, name, default))  # plain objects need only loss()
+    if hook("setup"):
+        objective.setup(model, ctx.device)
+    params = list(model.parameters() if params is None else params) + list(hook("parameters", list)())
+    optimizer = make_optimizer(params, cfg)
+    per_batch = max(1, int(hook("steps_per_batch", 1)))
+    batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps_per_epoch = batches_per_epoch * per_batch
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
     generator = ctx.generator(offset=1000 + stream)
     path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
@@ -77,6 +115,8 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
             state = load_train_state(Path(path), fingerprint)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if hook("load_state_dict") and state.get("objective"):
+                objective.load_state_dict(state["objective"])
             schedule.load_state_dict(state["schedule"])
             set_rng_states(state["rng"])
             history, step, first_epoch, done = list(state["history"]), state["step"], state["epoch"], state["done"]
@@ -90,7 +130,8 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
             return
         save_train_state(Path(path), {
             "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "rng": rng_states(), "generator": start_state,
+            "schedule": schedule.state_dict(), "rng": rng_states(),
+            "objective": hook("state_dict", dict)(), "generator": start_state,
             "epoch": epoch, "done": done, "step": step, "history": history, "total": total, "count": count})
         saved = path
 
@@ -108,21 +149,25 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
                 if batch < done:
                     continue
                 images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-                loss = objective.loss(model, images, labels)
-                if not torch.isfinite(loss):
-                    last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
-                    stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
-                    raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
-                                   " lower the learning rate or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                step += 1
-                total += loss.item() * len(labels)
-                count += len(labels)
-                advance()
-                if every and step % every == 0 and batch + 1 < steps_per_epoch:
+                pieces = objective.split(images, labels) if per_batch > 1 else [(images, labels)]
+                for piece_images, piece_labels in pieces:
+                    loss = objective.loss(model, piece_images, piece_labels)
+                    if not torch.isfinite(loss):
+                        last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
+                        stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
+                        raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
+                                       " lower the learning rate or check the data")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if hook("after_backward"):
+                        objective.after_backward()
+                    optimizer.step()
+                    schedule.step()
+                    step += 1
+                    total += loss.item() * len(piece_labels)
+                    count += len(piece_labels)
+                    advance()
+                if every and step // per_batch % every == 0 and batch + 1 < batches_per_epoch:
                     save(epoch, batch + 1, epoch_start)
             history.append(total / max(count, 1))
             done, total, count, epoch_start = 0, 0.0, 0, generator.get_state()

@@ -19,6 +19,15 @@ class TransferStrategy:
     def transfer(self, model, data, ctx: RunContext, objective=None):
         raise NotImplementedError
 
+    def rebuild(self, model, num_classes: int):
+        """Give a freshly built source model the architecture ``transfer`` leaves behind (a head
+        for ``num_classes``, MLP heads, wrapped blocks, adapters), untrained: a resumed run then
+        loads the saved target weights into it. Strategies that change more than the head's
+        size override this."""
+        if model.num_classes != num_classes:
+            model.reset_head(num_classes)
+        return model
+
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:
     for p in module.parameters():

@@ -1,0 +1,27 @@
+"""The certifier contract: provable robustness of a model on a set of test examples.
+
+A certifier works example by example, so a run can be split across processes (each certifies
+its shard, rank 0 summarises the gathered rows) and resumed (finished rows are kept):
+
+- ``certify_examples(model, data, ctx, indices=None) -> list[dict]``: one row per example of
+  ``data`` (``indices`` restricts to those positions of ``data``); each row carries at least
+  ``index`` (the example's position in ``data``), ``label``, ``prediction``, ``radius``,
+  ``correct`` and ``seconds``.
+- ``summarize(rows, ctx) -> dict``: ``{"metrics": {...}, ...}`` stored under ``"certify"`` in
+  results.json; may write per-example files into ``ctx.out_dir``.
+
+``certify(model, data, ctx)`` (what the runner calls) is the two in sequence. A certifier may
+implement ``certify`` alone; the runner then cannot shard it.
+"""
+from __future__ import annotations
+
+
+class Certifier:
+    def certify_examples(self, model, data, ctx, indices=None) -> list[dict]:
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict], ctx) -> dict:
+        raise NotImplementedError
+
+    def certify(self, model, data, ctx) -> dict:
+        return self.summarize(self.certify_examples(model, data, ctx), ctx)
