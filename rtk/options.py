@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = option(1e-3, min=0.0, help="learning rate")
     momentum: float = option(0.9, min=0.0, max=1.0, help="SGD momentum")
     weight_decay: float = option(0.0, min=0.0, help="L2 weight decay (coupled for sgd/adam, decoupled for adamw)")
+    decay_bias_and_norm: bool = option(True, help="apply weight_decay to biases and normalization parameters too (false: only to conv/linear weights, as TF codes that decay the DW variables do)")
     schedule: Literal["constant", "cosine", "multistep"] = option("constant", help="learning-rate schedule, stepped per iteration")
     milestones: list[float] = option(default_factory=list, help="multistep: epochs at which the rate is multiplied by gamma")
     gamma: float = option(0.1, min=0.0, help="multistep decay factor")

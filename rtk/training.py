@@ -62,6 +62,11 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
     params = [p for p in params if p.requires_grad]
     if not params:
         raise RtkError("nothing to train: every parameter is frozen")
+    if cfg.weight_decay and not getattr(cfg, "decay_bias_and_norm", True):
+        # Biases and norm scales/shifts are the parameters with fewer than 2 dimensions.
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        params = [group for group in params if group["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
