@@ -1,6 +1,7 @@
 """Recipes: strict TOML files that combine components into runs.
 
-Loading order: read the TOML, apply the named ``[profile.NAME]``, then ``--set`` overrides,
+Loading order: read the TOML, apply the named ``[profile.NAME]`` (first its ``unset`` list of
+dotted keys, e.g. ``unset = ["source.weights"]``, then its values), then ``--set`` overrides,
 then expand ``[sweep]`` into one run per point of the cartesian product; every point is
 validated against the config dataclasses of the components it names (see rtk.spec) before
 anything runs. Overrides address keys by dotted path (``transfer.lambda_d``,
@@ -113,6 +114,18 @@ def set_dotted(raw: dict, key: str, value: Any, origin: str) -> None:
         raise RecipeError(f'{origin}: "{".".join(parts[:-1])}" is a value, not a table, so "{key}" cannot be set')
 
 
+def unset_dotted(raw: dict, key: str, origin: str) -> None:
+    """Remove ``key`` (a dotted path, or "sweep.<swept key>") from ``raw``; a missing key is an error."""
+    if key.startswith("sweep."):
+        node, last = raw.get("sweep", {}), key[len("sweep."):]
+    else:
+        parts = split_key(key)
+        node, last = get_dotted(raw, ".".join(parts[:-1])) if len(parts) > 1 else raw, parts[-1]
+    if not isinstance(node, dict) or last not in node:
+        raise RecipeError(f'{origin}: "{key}" is not in the recipe, so it cannot be unset; check the spelling')
+    del node[last]
+
+
 def _list_item(node: list, part: str, where: str, origin: str):
     if not _is_index(part) or int(part) >= len(node):
         raise RecipeError(f'{origin}: "{where}" needs an index 0..{len(node) - 1} (the list has {len(node)} entries)')
@@ -151,7 +164,13 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
         if profile not in profiles:
             names = ", ".join(sorted(profiles)) or "(none defined)"
             raise RecipeError(f'{path}: no profile "{profile}"; profiles in this recipe: {names}')
-        for key, value in _flatten_profile(profiles[profile]):
+        chosen = dict(profiles[profile])
+        unset = chosen.pop("unset", [])
+        if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
+            raise RecipeError(f'{path}: [profile.{profile}] unset: expected a list of dotted keys, e.g. unset = ["source.weights"]')
+        for key in unset:  # before the values, so a profile can replace a whole table
+            unset_dotted(raw, key, f"{path}: [profile.{profile}] unset")
+        for key, value in _flatten_profile(chosen):
             set_dotted(raw, key, value, f"{path}: [profile.{profile}]")
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -49,6 +49,20 @@ def test_profile_overrides_keys_and_sweeps(write_recipe):
         load_recipe(path, "fast")
 
 
+def test_profile_unset_removes_keys_before_setting(write_recipe, tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    text = TINY_RECIPE.replace('model = "small-cnn"', 'model = "small-cnn"\nweights = "w.safetensors"')
+    path = write_recipe(text + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n'
+                        '[profile.smoke]\nunset = ["source.weights", "sweep.transfer.lr", "source"]\n'
+                        '"source.model" = "small-cnn"\n"source.channels" = [4]\n"source.data.dataset" = "digits"\n')
+    raw = load_recipe(path, "smoke").raw
+    assert raw["source"] == {"model": "small-cnn", "channels": [4], "data": {"dataset": "digits"}}
+    assert raw["sweep"] == {}
+    bad = write_recipe(TINY_RECIPE + '[profile.smoke]\nunset = ["source.wieghts"]\n', "bad.toml")
+    with pytest.raises(RecipeError, match='"source.wieghts" is not in the recipe'):
+        load_recipe(bad, "smoke")
+
+
 def test_paper_rows_match_sweep_points(write_recipe):
     path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n[paper]\ncite = "T"\n'
                         '[[paper.rows]]\nwhere = { "transfer.lr" = 0.01 }\nclean = 0.9\n"PGD-5" = 0.4\n')
