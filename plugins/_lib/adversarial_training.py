@@ -1,4 +1,5 @@
-"""PGD adversarial training (Madry et al., arXiv:1706.06083)."""
+"""PGD adversarial training (Madry et al., "Towards Deep Learning Models Resistant to
+Adversarial Attacks", arXiv:1706.06083); options and defaults: rtk_plugins.objectives.PGDATConfig."""
 from __future__ import annotations
 
 from torch import nn
@@ -23,6 +24,9 @@ class PGDAdversarialTraining(Objective):
         alpha = step_size(cfg.norm, cfg.eps, cfg.steps, cfg.alpha) * self.scale
         with model_mode(model, train=cfg.attack_mode == "train"):
             attack = torchattacks_pgd(model, cfg.norm, eps, alpha, cfg.steps, cfg.random_start)
+            if cfg.attack_mode == "train":
+                # torchattacks' train mode keeps BN and dropout in eval unless told otherwise.
+                attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
             adversarial = attack(images, labels).detach()
         loss = nn.functional.cross_entropy(model(adversarial), labels)
         if cfg.mix_clean > 0:
