@@ -1,4 +1,5 @@
-"""Fine-tuning with an explicit BatchNorm policy."""
+"""Fine-tuning with an explicit BatchNorm policy (FinetuneConfig), and the BN helpers the other
+transfer strategies share."""
 from __future__ import annotations
 
 from torch import nn
@@ -7,17 +8,14 @@ from rtk.training import CrossEntropy, fit
 from rtk.transfer import TransferStrategy, set_trainable
 
 
-def bn_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def bn_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def apply_bn_policy(model: nn.Module, policy: str) -> None:
-    """Set BN modes and trainability for ``policy`` (see FinetuneConfig.bn)."""
-    for bn in bn_layers(model):
-        if policy in ("frozen-stats", "frozen"):
-            bn.eval()
-        if policy == "frozen":
-            set_trainable(bn, False)
+def freeze_bn_stats(module: nn.Module) -> None:
+    """Eval mode for every BatchNorm in ``module``: running statistics used, never updated."""
+    for bn in bn_layers(module):
+        bn.eval()
 
 
 class Finetune(TransferStrategy):
@@ -29,11 +27,14 @@ class Finetune(TransferStrategy):
         set_trainable(model, True)
         if cfg.reset_head or model.num_classes != data.num_classes:
             model.reset_head(data.num_classes, cfg.head_init)
-        apply_bn_policy(model, cfg.bn)
+        if not cfg.bn_affine_trainable:
+            for bn in bn_layers(model):
+                set_trainable(bn, False)
 
         def set_mode(m):
             m.train()
-            apply_bn_policy(m, cfg.bn)
+            if cfg.bn_stats == "frozen":
+                freeze_bn_stats(m)
 
         fit(model, data.train, objective or CrossEntropy(), cfg, ctx, description="fine-tune", set_mode=set_mode)
         model.eval()

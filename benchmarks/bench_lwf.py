@@ -1,0 +1,163 @@
+"""One LwF training epoch (rtk_plugins' LwF phase 2: all weights, source features z0 cached
+once and looked up per example) against one plain fine-tuning epoch of the same model (a
+hand-written PyTorch loop: natural cross-entropy, all weights, same batch size and optimizer),
+side by side in one process.
+
+LwF (Shafahi et al., arXiv:1905.08232, Sec. 6) adds lambda_d * mean ||z - z0||_1 to the loss;
+with z0 cached its extra cost per step is an index lookup and one distance on (batch, d)
+features, so the target is rtk-LwF / plain <= 1.10 (a second source forward per step would
+cost about 1.3x). rtk's own fine-tuning epoch (rtk.training.fit with CrossEntropy) is timed
+too, for reference. The paths alternate which runs first; the ratio is the median of the
+per-repeat ratios. The one-off z0 pass is timed separately.
+
+    python -m benchmarks.bench_lwf                          # small CNN, 1024 random 3x32x32 images
+    python -m benchmarks.bench_lwf --data digits --repeats 15
+    python -m benchmarks.bench_lwf --model resnet18 --n 4096 --device cuda --json bench-lwf.json
+
+Defaults finish in well under a minute on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.bench_pgd import build_model
+from benchmarks.common import paired_ratio, time_side_by_side
+
+TARGET = 1.10
+
+
+def workload(args):
+    """(source model, training ImageSet) on the CPU, seed 0."""
+    import torch
+
+    from rtk.data import ImageSet
+
+    torch.manual_seed(0)
+    if args.data == "digits":
+        from rtk_plugins.datasets import DigitsConfig, make_digits
+
+        if args.model != "small-cnn":
+            raise SystemExit("--data digits is 1x8x8: use it with small-cnn, or --data random for other models")
+        train = make_digits(DigitsConfig()).train
+        return build_model("small-cnn", {}, 10), train
+    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
+    images = torch.rand(args.n, 3, 32, 32)
+    return build_model(args.model, options, 10), ImageSet(images, torch.randint(0, 10, (args.n,)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [16, 32, 64] / 256)")
+    parser.add_argument("--data", choices=["random", "digits"], default="random", help="random 3x32x32 images (CIFAR-sized) or the digits training set")
+    parser.add_argument("--n", type=int, default=1024, help="random images (default 1024)")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128, the paper's)")
+    parser.add_argument("--lambda-d", type=float, default=0.005, help="LwF feature-distance weight (default 0.005)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed epochs of each path (default 9)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from rtk.configs import build_config
+    from rtk.context import RunContext, resolve_device
+    from rtk.training import CrossEntropy, fit
+    from rtk.transfer import compute_features
+    from rtk_plugins._lib.lwf import train_all_weights
+    from rtk_plugins.lwf import LwFConfig
+    from rtk_plugins.transfer import FinetuneConfig
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    source, train = workload(args)
+    source = source.to(device).eval()
+    ctx = RunContext(device=device, seed=0, show_progress=False)  # no checkpoint_dir: no checkpoint files
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    compute_features(source, train, ctx)  # warm-up, so the timed pass is the steady-state cost
+    sync()
+    started = time.perf_counter()
+    z0 = compute_features(source, train, ctx)
+    sync()
+    z0_seconds = time.perf_counter() - started
+
+    common = {"epochs": 1, "batch_size": args.batch_size, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9,
+              "weight_decay": 2e-4, "decay_bias_and_norm": False}
+    lwf_cfg = build_config(LwFConfig, {**common, "lambda_d": args.lambda_d})
+    ft_cfg = build_config(FinetuneConfig, common)
+    models = {name: copy.deepcopy(source) for name in ("lwf", "plain", "rtk-ft")}
+    generator = torch.Generator().manual_seed(0)
+
+    def lwf_path():
+        return train_all_weights(models["lwf"], train, z0, lwf_cfg, ctx)[-1]
+
+    def rtk_ft_path():
+        model = models["rtk-ft"]
+        return fit(model, train, CrossEntropy(), ft_cfg, ctx, description="fine-tune")[-1]
+
+    def plain_path():
+        model = models["plain"].train()
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        optimizer = torch.optim.SGD([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, momentum=0.9,
+                                    weight_decay=2e-4)
+        total = 0.0
+        for idx in torch.randperm(len(train), generator=generator).split(args.batch_size):
+            images, labels = train.take(idx)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(labels)
+        model.eval()
+        return total / len(train)
+
+    paths = {"lwf": lwf_path, "plain": plain_path, "rtk-ft": rtk_ft_path}
+    for path in paths.values():  # warm-up: allocator, kernels, lazy imports
+        path()
+    times, losses = time_side_by_side(paths, args.repeats, sync)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = paired_ratio(times, "lwf", "plain")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    result = {
+        "benchmark": "one LwF epoch (rtk, cached z0) vs one plain fine-tuning epoch (PyTorch loop, natural CE, all weights)",
+        "model": args.model, "data": args.data, "n": len(train), "batch_size": args.batch_size, "lambda_d": args.lambda_d,
+        "feature_dim": int(z0.images.shape[1]), "repeats": args.repeats, "device": str(device), "device_name": device_name,
+        "torch_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
+        "seconds": times, "median_seconds": medians, "z0_seconds": z0_seconds,
+        "ratio_rtk_over_reference": ratio, "ratio_of_medians": medians["lwf"] / medians["plain"],
+        "ratio_lwf_over_rtk_finetune": paired_ratio(times, "lwf", "rtk-ft"),
+        "ratio_rtk_finetune_over_plain": paired_ratio(times, "rtk-ft", "plain"),
+        "target": TARGET, "meets_target": ratio <= TARGET, "last_epoch_loss": losses,
+    }
+    print(f"one training epoch, {args.model}, {len(train)} {args.data} examples, batch {args.batch_size}, "
+          f"lambda_d {args.lambda_d:g}, {device_name}, {args.repeats} repeats (alternating order)")
+    print(f"{'path':<40}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, label in [("lwf", "rtk LwF phase 2 (cached z0)"), ("plain", "plain PyTorch fine-tuning loop"),
+                        ("rtk-ft", "rtk fit + CrossEntropy (reference only)")]:
+        print(f"{label:<40}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio rtk LwF / plain fine-tuning = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios;"
+          f" of medians {result['ratio_of_medians']:.3f}; LwF / rtk fine-tuning {result['ratio_lwf_over_rtk_finetune']:.3f})")
+    print(f"one-off z0 pass: {z0_seconds:.3f} s ({z0_seconds / medians['plain']:.2f} of a fine-tuning epoch)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
