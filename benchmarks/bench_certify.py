@@ -1,0 +1,146 @@
+"""rtk's Cohen certification (the ``cohen`` certifier's certify_examples) against the bare
+forward passes it needs: wall time, side by side in one process.
+
+Both paths run n0 + n noisy forward passes per example in batches of the same size under
+torch.inference_mode(). The plain loop is core.py's sampling without its counting:
+``model(x.repeat(b, 1, 1, 1) + sigma * torch.randn(...))``. rtk adds the vote counting (argmax +
+bincount on the device), one host copy of the counts, the per-example noise seeding, the
+Clopper-Pearson bound (scipy), the rows file appended and fsynced per example (the run folder
+is a temporary directory) and the weights digest that fingerprints it. Target: rtk / plain <= 1.10.
+The two paths alternate which runs first in each repeat; the ratio is the median of the
+per-repeat ratios.
+
+    python -m benchmarks.bench_certify                     # small CNN on digits, 32 examples, 7 repeats
+    python -m benchmarks.bench_certify --k 64 --n 5000 --json bench-certify.json
+    python -m benchmarks.bench_certify --model resnet18 --data random --device cuda --n 10000 --batch-size 1000
+
+Defaults finish in well under a minute on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
+
+TARGET = 1.10
+
+
+def workload(args, device):
+    """(model in eval mode on ``device``, images on the CPU, labels)."""
+    import torch
+
+    torch.manual_seed(0)
+    if args.data == "digits":
+        if args.model != "small-cnn":
+            raise SystemExit("--data digits trains the 1-channel small-cnn; use --data random for other models")
+        model, test = trained_digits_cnn(device)
+        images, labels = test.take(torch.arange(min(args.k, len(test))))
+        return model, images, labels
+    from benchmarks.bench_pgd import build_model
+
+    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
+    model = build_model(args.model, options, 10).to(device).eval()
+    images = torch.rand(args.k, 3, 32, 32)
+    return model, images, torch.randint(0, 10, (args.k,))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [8, 16] / 32)")
+    parser.add_argument("--data", choices=["digits", "random"], default="digits", help="digits (trained model) or random 3x32x32 images")
+    parser.add_argument("--k", type=int, default=32, help="examples certified (default 32)")
+    parser.add_argument("--n0", type=int, default=100, help="selection samples per example (default 100)")
+    parser.add_argument("--n", type=int, default=2000, help="estimation samples per example (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=500, help="noisy copies per forward pass (default 500)")
+    parser.add_argument("--sigma", type=float, default=0.25, help="noise std (default 0.25)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each path (default 7)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from rtk.configs import build_config
+    from rtk.context import RunContext, resolve_device
+    from rtk.data import ImageSet
+    from rtk_plugins._lib.cohen import CohenCertifier
+    from rtk_plugins.smoothing import CohenConfig
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, images, labels = workload(args, device)
+    test = ImageSet(images, labels)  # on the CPU: both paths move one example at a time, as a run does
+    config = build_config(CohenConfig, {"sigma": args.sigma, "n0": args.n0, "n": args.n, "batch_size": args.batch_size})
+    certifier = CohenCertifier(config)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = RunContext(device=device, seed=0, show_progress=False, out_dir=Path(tmp))
+
+        def rtk_path():
+            rows = certifier.certify_examples(model, test, ctx)
+            return sum(r["correct"] for r in rows) / len(rows)
+
+        def plain_path():
+            with torch.inference_mode():
+                for i in range(len(test)):
+                    x = test.images[i:i + 1].float().to(device)
+                    for num in (args.n0, args.n):
+                        remaining = num
+                        while remaining > 0:
+                            size = min(args.batch_size, remaining)
+                            remaining -= size
+                            batch = x.repeat((size, 1, 1, 1))
+                            model(batch + torch.randn_like(batch) * args.sigma)
+                sync()
+            return None
+
+        rtk_path(), plain_path()  # warm-up: allocator, kernels, scipy import
+        times, outputs = time_side_by_side({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
+        rows = certifier.certify_examples(model, test, ctx)
+        started = time.perf_counter()
+        summary = certifier.summarize(rows, ctx)  # TSV and plot: once per run, not per example
+        summarize_seconds = time.perf_counter() - started
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = paired_ratio(times, "rtk", "plain")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    forwards = len(test) * (-(-args.n0 // args.batch_size) + -(-args.n // args.batch_size))
+    result = {
+        "benchmark": "Cohen certification, rtk cohen certify_examples vs the bare noisy forward passes it needs",
+        "model": args.model, "data": args.data, "k": len(test), "n0": args.n0, "n": args.n, "batch_size": args.batch_size,
+        "sigma": args.sigma, "forward_passes": forwards, "repeats": args.repeats, "device": str(device),
+        "device_name": device_name, "torch_threads": args.threads, "python": platform.python_version(),
+        "torch": torch.__version__, "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
+        "ratio_of_medians": medians["rtk"] / medians["plain"], "ratio_of_minimums": min(times["rtk"]) / min(times["plain"]),
+        "target": TARGET, "meets_target": ratio <= TARGET, "smoothed_accuracy": outputs["rtk"],
+        "metrics": summary["metrics"], "summarize_seconds": summarize_seconds,
+    }
+    print(f"Cohen CERTIFY, {len(test)} examples ({args.data}), {args.model}, sigma={args.sigma:g}, n0={args.n0}, n={args.n},"
+          f" batch {args.batch_size} ({forwards} forward passes), {device_name}, {args.repeats} repeats (alternating order)")
+    print(f"{'path':<34}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, label in [("rtk", "rtk cohen certify_examples"), ("plain", "plain forward passes (no counts)")]:
+        print(f"{label:<34}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
+          f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
+    print(f"smoothed clean accuracy {summary['metrics']['clean_smoothed_accuracy']:.4f}, ACR {summary['metrics']['acr']:.4f};"
+          f" summarize (TSV + plot) {summarize_seconds:.2f} s once")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
