@@ -60,15 +60,26 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def run_metrics(run: dict) -> dict:
+    """A run's accuracies followed by its certification metrics (certified accuracy, ACR...)."""
+    certify = run.get("certify") or {}
+    return {**run.get("metrics", {}), **(certify.get("metrics", {}) if isinstance(certify, dict) else {})}
+
+
 def metric_names(runs: list[dict]) -> list[str]:
+    """Accuracy columns (robust last: it summarises the columns before it), then certification's."""
     names: list[str] = []
     for run in runs:
         for key in run.get("metrics", {}):
             if key not in names:
                 names.append(key)
-    if "robust" in names:  # robust last: it summarises the columns before it
+    if "robust" in names:
         names.remove("robust")
         names.append("robust")
+    for run in runs:
+        for key in run_metrics(run):
+            if key not in names:
+                names.append(key)
     return names
 
 
@@ -82,7 +93,7 @@ def to_csv(runs: list[dict]) -> str:
     for run in runs:
         row = [run["id"]]
         row += [json.dumps(run["params"].get(p)) if isinstance(run["params"].get(p), (dict, list)) else run["params"].get(p, "") for p in params]
-        row += [run["metrics"].get(m, "") for m in metrics]
+        row += [run_metrics(run).get(m, "") for m in metrics]
         row += [run.get("paper", {}).get(m, "") for m in papers]
         writer.writerow(row)
     return out.getvalue()
@@ -113,7 +124,7 @@ def results_table(runs: list[dict], title: str = "results") -> Table:
         if any("source" in r for r in runs):
             cells.append(_fmt(run.get("source", {}).get("clean")))
         for name in metrics:
-            cell = _fmt(run["metrics"].get(name))
+            cell = _fmt(run_metrics(run).get(name))
             if name in run.get("paper", {}):
                 cell += f" [dim](paper {_fmt(run['paper'][name])})[/dim]"
             cells.append(cell)
