@@ -177,6 +177,19 @@ def validate(recipe, overrides, profile):
     console.print(f"[green]ok[/green]: {recipe} is valid ({len(specs)} run{'s' if len(specs) != 1 else ''}; profiles: {', '.join(loaded.profiles) or 'none'})")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--x", "x_key", metavar="KEY", help="Swept key on the x-axis (default: the swept key with numeric values), e.g. transfer.lambda_d.")
+@click.option("--metric", "metrics", multiple=True, metavar="M", help="Metric to draw (repeatable; default: clean, every attack label, robust).")
+@click.option("--out", type=click.Path(path_type=Path), help="PNG file to write (default RUN_DIR/plot.png).")
+@handle_errors
+def plot(run_dir, x_key, metrics, out):
+    """Plot RUN_DIR/results.json: each metric against the swept parameter, paper numbers as hollow markers."""
+    from rtk.plots import plot as draw
+
+    console.print(f"plot: {draw(run_dir, x_key, list(metrics), out)}")
+
+
 @cli.command("list-plugins")
 @click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier"]), help="Only components of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
