@@ -21,7 +21,7 @@ class TimmConfig:
     """Options of a timm backbone."""
 
     pretrained: bool = option(False, help="load the pretrained weights of the name's tag from the local Hugging Face cache or the hub (needs network unless cached)")
-    weights: str | None = option(None, help="local weights file (a timm state dict: .safetensors, or a tensor-only torch file); implies pretrained")
+    timm_weights: str | None = option(None, path=True, help="local timm-format weights file (a timm state dict as timm or the hub ship it: .safetensors, or a tensor-only torch file); implies pretrained. [source] weights instead takes a checkpoint rtk wrote")
     input_size: int | None = option(None, min=1, help="images are resized to this size inside the model; default: the pretrained_cfg input size")
     mean: list[float] | None = option(None, help="per-channel normalization mean inside the model; default: the pretrained_cfg mean")
     std: list[float] | None = option(None, help="per-channel normalization std inside the model; default: the pretrained_cfg std")
@@ -39,7 +39,7 @@ def make_timm(config: TimmConfig, num_classes: int, variant: str | None = None):
     """A timm model (``timm/<name>``) with resize + normalization inside and a separate linear head."""
     from rtk_plugins._lib.timm_wrap import timm_model
 
-    return timm_model(variant, num_classes, pretrained=config.pretrained, weights=config.weights,
+    return timm_model(variant, num_classes, pretrained=config.pretrained, weights=config.timm_weights,
                       input_size=config.input_size, mean=config.mean, std=config.std,
                       in_chans=config.in_chans, model_args=config.model_args)
 

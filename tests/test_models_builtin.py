@@ -268,14 +268,14 @@ def test_timm_local_weights_roundtrip(tmp_path):
     save_file(timm_state(source), str(path))
     rtk_file = tmp_path / "rtk.safetensors"  # a file written by rtk itself also loads
     save_weights(source, rtk_file)
-    other = timm("resnet18", 3, input_size=32, weights=str(path))
+    other = timm("resnet18", 3, input_size=32, timm_weights=str(path))
     assert other.head.out_features == 3  # class count differs: fresh head, same body
     assert all(torch.equal(a, b) for a, b in zip(other.body.state_dict().values(), source.body.state_dict().values()))
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         expected = source(x)
-        assert torch.equal(timm("resnet18", 5, input_size=32, weights=str(path)).eval()(x), expected)  # head copied
-        assert torch.equal(timm("resnet18", 5, input_size=32, weights=str(rtk_file)).eval()(x), expected)
+        assert torch.equal(timm("resnet18", 5, input_size=32, timm_weights=str(path)).eval()(x), expected)  # head copied
+        assert torch.equal(timm("resnet18", 5, input_size=32, timm_weights=str(rtk_file)).eval()(x), expected)
 
 
 def test_timm_weights_mismatch_names_keys(tmp_path):
@@ -284,7 +284,7 @@ def test_timm_weights_mismatch_names_keys(tmp_path):
     path = tmp_path / "resnet18.safetensors"
     save_file(timm_state(timm("resnet18", 5, input_size=32)), str(path))
     with pytest.raises(WeightsError, match=r"resnet34.*layer1\.2\.conv1\.weight"):
-        timm("resnet34", 5, input_size=32, weights=str(path))
+        timm("resnet34", 5, input_size=32, timm_weights=str(path))
 
 
 def test_timm_pretrained_offline_fails_fast(monkeypatch, tmp_path):
