@@ -215,28 +215,44 @@ def _short(value: Any) -> str:
 
 
 def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
-    """One SweepPoint per element of the cartesian product of the [sweep] lists (one point without a sweep)."""
+    """One SweepPoint per element of the cartesian product of the [sweep] lists (one point without a sweep).
+
+    ``[[sweep.cases]]`` tables are one more axis whose values set several keys together (a
+    source paired with its transfer): each case is a table of "dotted.key" = value, with an
+    optional ``id`` naming it in run ids.
+    """
     sweep = recipe.raw.get("sweep", {})
     base = {k: v for k, v in recipe.raw.items() if k not in ("sweep", "paper")}
     if not isinstance(sweep, dict):
         raise recipe.error("sweep", 'must be a table of "dotted.key" = [values]')
+    axes = {}
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise recipe.error("sweep", f'"{key}" must be a non-empty list of values, got {values!r}')
-        split_key(key)
-    keys = list(sweep)
-    if math.prod(len(sweep[k]) for k in keys) > MAX_SWEEP_POINTS:
-        raise recipe.error("sweep", f"expands to {math.prod(len(sweep[k]) for k in keys)} runs, more than {MAX_SWEEP_POINTS}; "
-                           "split the sweep into several recipes")
+        if key == "cases":
+            axes[key] = [_check_case(recipe, i, case) for i, case in enumerate(values)]
+        else:
+            split_key(key)
+            axes[key] = [{key: value} for value in values]
+    keys = list(axes)
+    total = math.prod(len(axes[k]) for k in keys)
+    if total > MAX_SWEEP_POINTS:
+        raise recipe.error("sweep", f"expands to {total} runs, more than {MAX_SWEEP_POINTS}; split the sweep into several recipes")
     run_table = recipe.raw.get("run")
     name = run_table.get("name", "run") if isinstance(run_table, dict) else "run"
     points, seen = [], {}
-    for combo in itertools.product(*(sweep[k] for k in keys)):
+    for combo in itertools.product(*(axes[k] for k in keys)):
         raw = copy.deepcopy(base)
-        params = dict(zip(keys, combo))
+        params, parts = {}, []
+        for assignment in combo:
+            case_id = assignment.get("id")
+            values = {k: v for k, v in assignment.items() if k != "id"}
+            params.update(values)
+            parts.append(str(case_id) if case_id is not None
+                         else ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items()))
         for key, value in params.items():
             set_dotted(raw, key, copy.deepcopy(value), f"{recipe.path}: [sweep]")
-        ident = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()) or str(name)
+        ident = ",".join(parts) or str(name)
         if ident in seen:
             seen[ident] += 1
             ident = f"{ident}#{seen[ident]}"
@@ -244,6 +260,15 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
             seen[ident] = 0
         points.append(SweepPoint(ident, params, raw))
     return points
+
+
+def _check_case(recipe: Recipe, index: int, case: Any) -> dict:
+    if not isinstance(case, dict) or not [k for k in case if k != "id"]:
+        raise recipe.error("sweep", f'cases.{index} must be a table of "dotted.key" = value ([[sweep.cases]]), got {case!r}')
+    for key in case:
+        if key != "id":
+            split_key(key)
+    return case
 
 
 def paper_for(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
@@ -267,9 +292,14 @@ def paper_for(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# Certification metrics measured in radius units rather than as fractions.
+UNBOUNDED_PAPER_METRICS = ("acr", "max_certifiable_radius")
+
+
 def _check_paper_numbers(recipe: Recipe, numbers: dict, table: str) -> None:
     for key, value in numbers.items():
-        if isinstance(value, bool) or (isinstance(value, (int, float)) and not 0 <= value <= 1):
+        bounded = key not in UNBOUNDED_PAPER_METRICS
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and (value < 0 or (bounded and value > 1))):
             raise recipe.error(table, f"{key} = {value!r}: published accuracies are fractions in [0, 1] (write 0.8123 for 81.23%), or a string such as \"unknown\"")
 
 
