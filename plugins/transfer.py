@@ -66,6 +66,7 @@ class RetrainLastKConfig(TrainConfig):
     reinit: bool = option(True, help="re-initialise the k blocks (reset_parameters of their layers; a fresh head) before training")
     bn: Literal["train", "frozen-stats"] = option("train", help="BatchNorm inside the retrained blocks: train (batch statistics, running statistics updated) or frozen-stats (eval mode, running statistics kept); BN in earlier layers is always frozen")
     head_init: HeadInit = option("default", help="initialisation of the fresh head")
+    bn_affine_trainable: bool = option(True, help="train the BatchNorm scale and shift inside the retrained blocks (false: keep them fixed, as CARTL's --freeze-bn plain-transfer baseline does)")
 
 
 @dataclass

@@ -163,6 +163,16 @@ def test_retrain_last_k_bn_train_updates_only_the_retrained_statistics():
         assert not torch.equal(after[key], reset.state_dict()[key])
 
 
+def test_retrain_last_k_can_keep_bn_affine_fixed():
+    data = digits_target()
+    model, source = bn_cnn(), snapshot(bn_cnn())
+    retrain(model, data, k=3, reinit=False, bn_affine_trainable=False)
+    after = snapshot(model)
+    affine = [k for k in bn_affine(model) if k.startswith(("body.1", "body.2"))]
+    assert affine and all(torch.equal(after[k], source[k]) for k in affine)
+    assert not torch.equal(after["body.1.0.weight"], source["body.1.0.weight"])  # the conv still trains
+
+
 def test_retrain_last_k_reinit_resets_and_no_reinit_keeps():
     data = digits_target()
     source = snapshot(bn_cnn())

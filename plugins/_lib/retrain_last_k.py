@@ -7,7 +7,7 @@ from torch import nn
 from rtk.errors import RtkError
 from rtk.training import CrossEntropy, fit
 from rtk.transfer import TransferStrategy, set_trainable
-from rtk_plugins._lib.finetune import freeze_bn_stats
+from rtk_plugins._lib.finetune import bn_layers, freeze_bn_stats
 
 
 def reinitialise(block: nn.Module, name: str) -> None:
@@ -44,6 +44,9 @@ class RetrainLastK(TransferStrategy):
         trained = [block for _, block in body_blocks] + [model.head]
         for block in trained:
             set_trainable(block, True)
+            if not cfg.bn_affine_trainable:
+                for bn in bn_layers(block):
+                    set_trainable(bn, False)
 
         def set_mode(m):
             m.eval()  # the frozen layers' BN keeps the source statistics, dropout stays off
