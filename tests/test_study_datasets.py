@@ -1,0 +1,316 @@
+"""The study's torchvision datasets (rtk_plugins.study_datasets) on tiny fake copies written in the
+exact layouts torchvision reads: DTD, Oxford-IIIT Pets, Caltech-101, FGVC-Aircraft, Food-101, SUN397.
+Flowers-102 is not faked: torchvision checks the md5 of its .mat files. Nothing downloads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtk.data import FileImageSet, apply_options
+from rtk.errors import DataError
+from rtk_plugins.study_datasets import (DATASETS, AircraftConfig, Caltech101Config, DtdConfig, Food101Config,
+                                        PetsConfig, Sun397Config, _loader)
+
+
+def _jpeg(path: Path, seed: int, size=(23, 31)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+def load(name, config):
+    return _loader(name)(config)
+
+
+@pytest.fixture
+def dtd_root(tmp_path):
+    """3 classes; partition 1: 2 train + 1 val + 2 test images per class; partition 2 lists other files."""
+    base = tmp_path / "dtd" / "dtd"
+    classes = ["banded", "dotted", "striped"]
+    lists = {"train1": [], "val1": [], "test1": [], "train2": [], "val2": [], "test2": []}
+    for c, cls in enumerate(classes):
+        for i in range(6):
+            name = f"{cls}_{i:04d}.jpg"
+            _jpeg(base / "images" / cls / name, 10 * c + i, size=(20 + i, 28))
+        for i, split in enumerate(["train1", "train1", "val1", "test1", "test1", "train2"]):
+            lists[split].append(f"{cls}/{cls}_{i:04d}.jpg")
+        lists["val2"].append(f"{cls}/{cls}_0000.jpg")
+        lists["test2"].append(f"{cls}/{cls}_0001.jpg")
+    (base / "labels").mkdir()
+    for split, lines in lists.items():
+        (base / "labels" / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return tmp_path
+
+
+@pytest.fixture
+def pets_root(tmp_path):
+    """2 breeds (cat, dog), 3 trainval + 2 test images each; annotations as 'ID CLASS SPECIES BREED'."""
+    base = tmp_path / "oxford-iiit-pet"
+    rows = {"trainval": [], "test": []}
+    for label, (breed, species) in enumerate([("Abyssinian", 1), ("american_bulldog", 2)], start=1):
+        for i in range(5):
+            image_id = f"{breed}_{i + 1}"
+            _jpeg(base / "images" / f"{image_id}.jpg", 100 * label + i)
+            rows["trainval" if i < 3 else "test"].append(f"{image_id} {label} {species} 1")
+    (base / "annotations").mkdir()
+    for split, lines in rows.items():
+        (base / "annotations" / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return tmp_path
+
+
+@pytest.fixture
+def caltech_root(tmp_path):
+    """Caltech-101 with 3 categories (5, 6, 7 images, grayscale among them) and the BACKGROUND_Google folder."""
+    from PIL import Image
+
+    base = tmp_path / "caltech101" / "101_ObjectCategories"
+    for c, (cls, n) in enumerate([("accordion", 5), ("BACKGROUND_Google", 4), ("camera", 6), ("yin_yang", 7)]):
+        for i in range(n):
+            _jpeg(base / cls / f"image_{i + 1:04d}.jpg", 1000 + 10 * c + i)
+    Image.new("L", (17, 25), 128).save(base / "camera" / "image_0001.jpg")  # Caltech holds grayscale images
+    return tmp_path
+
+
+@pytest.fixture
+def aircraft_root(tmp_path):
+    base = tmp_path / "fgvc-aircraft-2013b" / "data"
+    variants = ["707-320", "A300B4", "DC-3"]
+    base.mkdir(parents=True)
+    (base / "variants.txt").write_text("".join(f"{v}\n" for v in variants))
+    (base / "families.txt").write_text("Boeing 707\nA300\nDC-3\n")
+    (base / "manufacturers.txt").write_text("Boeing\nAirbus\nDouglas\n")
+    rows = {"trainval": [], "test": []}
+    for c, variant in enumerate(variants):
+        for i in range(4):
+            image_id = f"{c}{i:06d}"
+            _jpeg(base / "images" / f"{image_id}.jpg", 2000 + 10 * c + i, size=(40, 24))
+            rows["trainval" if i < 3 else "test"].append(f"{image_id} {variant}")
+    for split, lines in rows.items():
+        (base / f"images_variant_{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return tmp_path
+
+
+@pytest.fixture
+def food_root(tmp_path):
+    base = tmp_path / "food-101"
+    meta = {"train": {}, "test": {}}
+    for c, cls in enumerate(["apple_pie", "waffles"]):
+        for i in range(4):
+            _jpeg(base / "images" / cls / f"{i}.jpg", 3000 + 10 * c + i)
+            meta["train" if i < 3 else "test"].setdefault(cls, []).append(f"{cls}/{i}")
+    (base / "meta").mkdir()
+    for split, data in meta.items():
+        (base / "meta" / f"{split}.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def _pixels(split) -> set[bytes]:
+    return {split[i][0].numpy().tobytes() for i in range(len(split))}
+
+
+def test_every_study_dataset_is_registered_with_root_download_and_image_size():
+    from rtk.registry import default_registry
+
+    registry = default_registry()
+    for name in DATASETS:
+        component, _ = registry.resolve("dataset", name)
+        config = component.config()
+        assert (config.root, config.download, config.image_size) == (None, False, 224)
+
+
+def test_dtd_train_is_train_plus_val_of_the_partition(dtd_root):
+    data = load("dtd", DtdConfig(root=str(dtd_root), image_size=16))
+    assert (len(data.train), len(data.test), data.num_classes) == (9, 6, 3)
+    assert data.class_names == ["banded", "dotted", "striped"]
+    assert isinstance(data.train, FileImageSet)
+    assert data.train.labels.tolist() == [0, 0, 1, 1, 2, 2, 0, 1, 2]  # train1 then val1
+    image, label = data.test[3]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert label == data.test.labels[3] == 1
+    assert not _pixels(data.train) & _pixels(data.test)
+    other = load("dtd", DtdConfig(root=str(dtd_root), image_size=16, partition=2))
+    assert (len(other.train), len(other.test)) == (6, 3)
+
+
+def test_images_are_decoded_only_when_asked_for(dtd_root, monkeypatch):
+    data = load("dtd", DtdConfig(root=str(dtd_root), image_size=8))
+    opened = []
+    from PIL import Image
+
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    batch, labels = data.train.take(torch.tensor([0, 4]))
+    assert batch.shape == (2, 3, 8, 8) and labels.tolist() == [0, 2]
+    assert len(opened) == 2
+
+
+def test_pets_official_trainval_and_test(pets_root):
+    data = load("oxford-pets", PetsConfig(root=str(pets_root), image_size=12))
+    assert (len(data.train), len(data.test), data.num_classes) == (6, 4, 2)
+    assert data.class_names == ["Abyssinian", "American Bulldog"]
+    assert data.test.labels.tolist() == [0, 0, 1, 1]
+    assert data.train.take(torch.arange(6))[0].shape == (6, 3, 12, 12)
+
+
+def test_caltech101_seeded_per_class_split_drops_background(caltech_root):
+    config = Caltech101Config(root=str(caltech_root), image_size=10, train_per_class=3)
+    data = load("caltech101", config)
+    assert data.num_classes == 3 and data.class_names == ["accordion", "camera", "yin_yang"]
+    assert torch.bincount(data.train.labels).tolist() == [3, 3, 3]
+    assert torch.bincount(data.test.labels).tolist() == [2, 3, 4]  # every other image is a test image
+    assert not set(data.train.indices.tolist()) & set(data.test.indices.tolist())
+    images, _ = data.train.take(torch.arange(len(data.train)))  # the grayscale image comes back as RGB
+    assert images.shape == (9, 3, 10, 10)
+    again = load("caltech101", config)
+    assert again.train.indices.tolist() == data.train.indices.tolist()
+    other = load("caltech101", Caltech101Config(root=str(caltech_root), image_size=10, train_per_class=3, split_seed=1))
+    assert other.train.indices.tolist() != data.train.indices.tolist()
+
+
+def test_caltech101_capped_test_and_too_small_class(caltech_root):
+    data = load("caltech101", Caltech101Config(root=str(caltech_root), train_per_class=2, test_per_class=2))
+    assert torch.bincount(data.test.labels).tolist() == [2, 2, 2]
+    with pytest.raises(DataError, match="class 0 has 5 images.*train_per_class = 5"):
+        load("caltech101", Caltech101Config(root=str(caltech_root), train_per_class=5))
+
+
+def test_aircraft_variant_trainval_test_and_shared_options(aircraft_root):
+    data = load("fgvc-aircraft", AircraftConfig(root=str(aircraft_root), image_size=20))
+    assert (len(data.train), len(data.test), data.num_classes) == (9, 3, 3)
+    assert data.test[0][0].shape == (3, 20, 20)
+    picked = apply_options(data, AircraftConfig(root=str(aircraft_root), per_class=2, classes=[2, 0]))
+    assert picked.num_classes == 2 and torch.bincount(picked.train.labels).tolist() == [2, 2]
+    assert sorted(picked.test.labels.tolist()) == [0, 1]
+    assert picked.train[0][0].shape == (3, 20, 20)
+
+
+def test_food101_official_split(food_root):
+    data = load("food101", Food101Config(root=str(food_root), image_size=14))
+    assert (len(data.train), len(data.test), data.num_classes) == (6, 2, 2)
+    assert data.class_names == ["apple_pie", "waffles"] and data.test.labels.tolist() == [0, 1]
+
+
+def test_root_from_rtk_data(dtd_root, monkeypatch):
+    monkeypatch.setenv("RTK_DATA", str(dtd_root))
+    assert load("dtd", DtdConfig(image_size=8)).num_classes == 3
+
+
+@pytest.mark.parametrize("name, config, folder", [
+    ("dtd", DtdConfig, "dtd/dtd"), ("flowers102", None, "flowers-102"), ("sun397", Sun397Config, "SUN397"),
+    ("stanford-cars", None, "stanford_cars"), ("caltech256", None, "caltech256"), ("food101", Food101Config, "food-101"),
+])
+def test_missing_files_name_the_folder_layout_and_source(tmp_path, name, config, folder):
+    config = (config or DATASETS[name][0])(root=str(tmp_path))
+    with pytest.raises(DataError) as err:
+        load(name, config)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / folder) in message and "no such folder" in message
+    assert "download = true" in message and "get it from" in message
+    assert list(tmp_path.iterdir()) == []  # nothing was created (torchvision's Caltech makes folders)
+
+
+def test_one_missing_file_is_named(pets_root):
+    (pets_root / "oxford-iiit-pet" / "annotations" / "test.txt").unlink()
+    with pytest.raises(DataError, match="missing annotations/test.txt"):
+        load("oxford-pets", PetsConfig(root=str(pets_root)))
+
+
+def test_unparsable_annotations_are_a_data_error(dtd_root):
+    (dtd_root / "dtd" / "dtd" / "labels" / "test1.txt").write_text("no-slash-here\n")
+    with pytest.raises(DataError, match="cannot read the test split"):
+        load("dtd", DtdConfig(root=str(dtd_root)))
+
+
+def test_unreadable_image_is_a_data_error_naming_the_dataset(pets_root):
+    (pets_root / "oxford-iiit-pet" / "images" / "Abyssinian_1.jpg").write_bytes(b"not a jpeg")
+    data = load("oxford-pets", PetsConfig(root=str(pets_root)))
+    with pytest.raises(DataError, match="oxford-pets: cannot read image 0"):
+        data.train[0]
+
+
+def test_no_root_and_no_rtk_data(monkeypatch):
+    monkeypatch.delenv("RTK_DATA", raising=False)
+    with pytest.raises(DataError, match="RTK_DATA"):
+        load("dtd", DtdConfig())
+
+
+RECIPE = """
+[run]
+name = "study-dataset"
+device = "cpu"
+
+[source]
+model = "small-cnn"
+channels = [4]
+feature_dim = 8
+in_channels = 3
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+num_classes = 5
+
+[target]
+dataset = "dtd"
+root = "{root}"
+image_size = 8
+
+[transfer]
+strategy = "linear-probe"
+epochs = 1
+
+[eval]
+n = 4
+"""
+
+
+def test_missing_root_through_the_cli_is_one_line_and_exit_2(cli, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "nowhere"))
+    assert cli("validate", recipe).exit_code == 0  # validation does not read data
+    result = cli("run", recipe, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]  # after the run banner
+    assert "dtd/dtd" in errors[0] and "rtk expects" in errors[0] and "Traceback" not in result.output
+
+
+def test_a_recipe_runs_on_a_fake_dtd(cli, dtd_root, tmp_path, one_thread):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(root=dtd_root))
+    result = cli("run", recipe, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert run["n_eval"] == 4 and 0 <= run["metrics"]["clean"] <= 1
+
+
+def test_file_backed_sets_pickle_and_load_through_workers(dtd_root):
+    import pickle
+
+    from rtk.data import iterate
+
+    data = load("dtd", DtdConfig(root=str(dtd_root), image_size=8))
+    copy = pickle.loads(pickle.dumps(data.train))  # DataLoader workers under "spawn" receive the set pickled
+    assert torch.equal(copy[2][0], data.train[2][0])
+    batches = list(iterate(data.train, 4, num_workers=1))
+    assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 8, 8), (4, 3, 8, 8), (1, 3, 8, 8)]
+    assert torch.cat([labels for _, labels in batches]).tolist() == data.train.labels.tolist()
+
+
+def test_sun397_per_class_train_and_test_counts(tmp_path):
+    base = tmp_path / "SUN397"
+    classes = ["/a/abbey", "/b/bus_interior/indoor"]  # ClassName.txt lines; nested names exist
+    base.mkdir()
+    (base / "ClassName.txt").write_text("".join(f"{c}\n" for c in classes))
+    for c, cls in enumerate(classes):
+        for i in range(6):
+            _jpeg(base / cls.lstrip("/") / f"sun_{c}{i:03d}.jpg", 4000 + 10 * c + i)
+    data = load("sun397", Sun397Config(root=str(tmp_path), image_size=6, train_per_class=2, test_per_class=3))
+    assert data.class_names == ["abbey", "bus_interior/indoor"]
+    assert torch.bincount(data.train.labels).tolist() == [2, 2] and torch.bincount(data.test.labels).tolist() == [3, 3]
+    assert not set(data.train.indices.tolist()) & set(data.test.indices.tolist())
+    assert data.test[0][0].shape == (3, 6, 6)

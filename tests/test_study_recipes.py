@@ -1,0 +1,132 @@
+"""The study's recipes (recipes/study_table{2,3,4,5}.toml; Vaishnavi, Eykholt, Rahmati, TMLR 2024):
+every one validates as shipped (given its weights files) and under each profile, carries the
+paper's numbers, and runs end to end under its smoke profiles."""
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+
+import pytest
+
+from rtk.recipe import load_recipe, paper_for
+from tests.conftest import REPO
+
+RECIPES = sorted((REPO / "recipes").glob("study_table*.toml"))
+SMOKE = [(path, profile) for path in RECIPES for profile in load_recipe(path).profiles if profile.startswith("smoke")]
+
+
+def test_the_four_tables_are_there():
+    assert [p.name for p in RECIPES] == [f"study_table{i}.toml" for i in (2, 3, 4, 5)]
+
+
+def _weights(path) -> set[str]:
+    """The weights files a recipe names, in its sweep or its [source] table."""
+    text = path.read_text()
+    return {part.split('"')[0] for part in text.split('weights = "')[1:]}
+
+
+@pytest.fixture
+def with_weights(tmp_path):
+    """A copy of recipes/ with an (empty) file wherever a study recipe expects source weights:
+    validation checks that the files exist, not what they hold."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    for path in RECIPES:
+        shutil.copy(path, folder / path.name)
+        for weights in _weights(path):
+            target = (folder / weights).resolve()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    return folder
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_validates_with_its_weights_files_and_under_every_profile(cli, with_weights, path):
+    copy = with_weights / path.name
+    result = cli("validate", copy)
+    assert result.exit_code == 0, result.output
+    for profile in load_recipe(path).profiles:
+        result = cli("validate", copy, "--profile", profile)
+        assert result.exit_code == 0, f"--profile {profile}: {result.output}"
+    assert "smoke" in load_recipe(path).profiles
+
+
+@pytest.mark.parametrize("path, profile", SMOKE, ids=lambda v: getattr(v, "stem", v))
+def test_smoke_profiles_validate_in_place_without_weights(cli, path, profile):
+    result = cli("validate", path, "--profile", profile)
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_weights_are_named_by_validate(cli):
+    result = cli("validate", REPO / "recipes" / "study_table2.toml")
+    if result.exit_code == 0:  # someone put the weights in place
+        pytest.skip("the study's weights files are present")
+    assert result.exit_code == 2 and "weights" in result.stderr and "does not exist" in result.stderr
+
+
+def test_table2_numbers_reach_the_right_runs(with_weights):
+    recipe = load_recipe(with_weights / "study_table2.toml")
+    points = recipe.points()
+    assert len(points) == 36
+    found = {}
+    for point in points:
+        paper = paper_for(recipe, point.params)
+        assert set(paper) == {"clean", "robust"}, point.id
+        found[(point.params["target"]["dataset"], point.params["source"].get("weights", "random"))] = paper
+    assert found[("dtd", "random")] == {"clean": 0.543, "robust": 0.481}
+    assert found[("flowers102", "weights/resnet50_imagenet_at_l2_eps0.5.safetensors")] == {"clean": 0.937, "robust": 0.901}
+    assert found[("imagefolder", "weights/resnet50_imagenet_simclr.safetensors")] == {"clean": 0.604, "robust": 0.444}  # Birdsnap
+
+
+def test_table3_numbers_are_certified_metrics(with_weights):
+    recipe = load_recipe(with_weights / "study_table3.toml")
+    papers = [paper_for(recipe, p.params) for p in recipe.points()]
+    assert len(papers) == 36
+    assert all(set(p) == {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"} for p in papers)
+    cifar10_cr = [paper_for(recipe, p.params) for p in recipe.points()
+                  if p.params["target"]["dataset"] == "cifar10" and "cr_sigma" in p.params["source"].get("weights", "")]
+    assert cifar10_cr == [{"clean_smoothed_accuracy": 0.934, "certified_accuracy@0.5": 0.892, "acr": 1.601}]
+
+
+@pytest.mark.parametrize("profile, keys", [(None, {"clean", "robust"}),
+                                            ("certified", {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"})])
+def test_table4_rows_follow_the_fine_tuning_objective(with_weights, profile, keys):
+    recipe = load_recipe(with_weights / "study_table4.toml", profile)
+    papers = [paper_for(recipe, p.params) for p in recipe.points()]
+    assert len(papers) == 6 and all(set(p) == keys for p in papers)
+
+
+def test_the_study_settings_are_the_papers():
+    t2 = tomllib.loads((REPO / "recipes" / "study_table2.toml").read_text())
+    assert t2["transfer"]["objective"] == {"name": "pgd-at", "norm": "L2", "eps": 0.5, "steps": 3, "alpha": "1/3",
+                                                "random_start": True}
+    assert [(a["name"], a["norm"], a["eps"]) for a in t2["eval"]["attacks"]] == [("apgd-ce", "L2", 0.5), ("square", "L2", 0.5)]
+    assert t2["eval"]["attacks"][0]["restarts"] == 5  # AutoAttack's constructor default, kept by version "custom"
+    t3 = tomllib.loads((REPO / "recipes" / "study_table3.toml").read_text())
+    assert {k: t3["transfer"]["objective"][k] for k in ("sigma", "m", "lam", "eta")} == {"sigma": 0.5, "m": 2, "lam": 5.0, "eta": 0.5}
+    assert (t3["transfer"]["lr"], t3["transfer"]["epochs"], t3["transfer"]["batch_size"], t3["transfer"]["milestones"]) == (0.01, 150, 64, [50, 100])
+    assert (t3["certify"]["sigma"], t3["eval"]["n"], t3["eval"]["subset"]) == (0.5, 500, "stride")
+    t5 = tomllib.loads((REPO / "recipes" / "study_table5.toml").read_text())
+    assert t5["transfer"]["strategy"] == "linear-probe" and t5["certify"]["sigma"] == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, profile", SMOKE, ids=lambda v: getattr(v, "stem", v))
+def test_smoke_profile_runs_end_to_end(cli, tmp_path, one_thread, path, profile):
+    out = tmp_path / "out"
+    result = cli("run", path, "--profile", profile, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    recipe = load_recipe(path, profile)
+    assert payload["complete"] is True and len(payload["runs"]) == len(recipe.points())
+    raw = recipe.raw
+    for run in payload["runs"]:
+        assert 0 <= run["metrics"]["clean"] <= 1 and 0 <= run["metrics"]["robust"] <= run["metrics"]["clean"]
+        if raw.get("eval", {}).get("attacks"):
+            assert {"apgd-ce", "square"} <= set(run["metrics"])
+        if "certify" in raw:
+            certify = run["certify"]
+            assert certify["n"] == raw["certify"]["max_examples"] and certify["sigma"] == raw["certify"]["sigma"]
+            assert {"certified_accuracy@0.5", "acr", "clean_smoothed_accuracy"} <= set(certify["metrics"])
+            assert (out / certify["tsv"]).is_file()
