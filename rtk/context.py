@@ -32,7 +32,39 @@ class RunContext:
     resume: bool = False
     run_index: int = 0
     train_stage: str | None = None
+    # Fast paths ([run] options; rtk.spec.RunConfig documents them). Defaults change no number.
+    amp: str = "off"  # "bf16": autocast in training
+    eval_amp: str = "off"  # "bf16": autocast in evaluation and certification
+    channels_last: bool = False
+    workers: int = 0
+    pin_memory: bool = False
+    non_blocking: bool = True
+    feature_cache_mb: float | None = None  # cached features above this size live in a memory-mapped file
     _fits: dict = field(default_factory=dict, repr=False)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on the run's device: pinned first when ``pin_memory`` (so the copy can
+        overlap compute with ``non_blocking``), channels_last for 4-D images when asked."""
+        if self.device.type == "cuda" and self.pin_memory and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=self.non_blocking and self.device.type == "cuda")
+        if self.channels_last and tensor.ndim == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def autocast(self, stage: str = "train"):
+        """bf16 autocast for ``stage`` ("train" or "eval") when the run asks for it, else a no-op."""
+        kind = self.amp if stage == "train" else self.eval_amp
+        if kind == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def world(self):
+        """This process's rank and the job's size (rtk.distributed.World)."""
+        from rtk.distributed import world
+
+        return world()
 
     def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator seeded from the run seed (offset separates independent streams)."""

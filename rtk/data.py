@@ -87,17 +87,51 @@ class DataSplits:
 
 
 def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-            num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (images, labels) on the CPU; in-memory sets are sliced without a DataLoader."""
+            num_workers: int = 0, pin_memory: bool = False, part=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (images, labels) on the CPU; in-memory sets are sliced without a DataLoader.
+
+    ``part(n)`` (a slice; rtk.distributed.split_batch) keeps only that part of each batch of
+    ``n`` before loading, so a rank of a distributed job loads only its share; a part may be
+    empty. File-backed sets load through a DataLoader with ``num_workers`` worker processes and
+    ``pin_memory`` when ``num_workers > 0``; in-memory sets ignore both (slicing a tensor in the
+    main process is faster than any worker).
+    """
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+    if part is not None:
+        batches = [b[part(len(b))] for b in batches]
     if isinstance(data, ImageSet) or num_workers == 0:
-        for start in range(0, n, batch_size):
-            yield data.take(order[start:start + batch_size])
+        for b in batches:
+            yield data.take(b) if len(b) else _empty(data, b)
         return
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, order.tolist()), batch_size=batch_size,
-                                         num_workers=num_workers, persistent_workers=False)
-    yield from loader
+    loader = iter(torch.utils.data.DataLoader(data, batch_sampler=[b.tolist() for b in batches if len(b)],
+                                              num_workers=num_workers, pin_memory=pin_memory))
+    for b in batches:
+        yield next(loader) if len(b) else _empty(data, b)
+
+
+def owned_batches(data, batch_size: int, owns=lambda batch: True, *, num_workers: int = 0,
+                  pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, images, labels)`` of the consecutive batches ``b`` of ``data`` with ``owns(b)``
+    (rtk.distributed.owns_batch: a rank's round-robin share), in order; file-backed sets load
+    through a DataLoader when ``num_workers > 0``."""
+    n = len(data)
+    starts = [start for b, start in enumerate(range(0, n, batch_size)) if owns(b)]
+    if isinstance(data, ImageSet) or num_workers == 0:
+        for start in starts:
+            yield (start, *data.take(torch.arange(start, min(start + batch_size, n))))
+        return
+    sampler = [list(range(start, min(start + batch_size, n))) for start in starts]
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+    for start, (images, labels) in zip(starts, loader):
+        yield start, images, labels
+
+
+def _empty(data, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, ImageSet):
+        return data.take(indices)
+    return torch.empty((0, *data[0][0].shape)), data.labels[indices]
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, generator: torch.Generator):

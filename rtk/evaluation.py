@@ -9,6 +9,13 @@ as AutoAttack does), so the columns are cumulative. Before each attack on a batc
 seeded from (run seed, dataset index of the batch's first example, attack label) alone, so an
 example's outcome does not depend on which batches or attacks ran before it: a resumed or
 sharded evaluation gives the numbers of an uninterrupted one.
+
+Under torchrun (rtk.distributed) whole batches go to ranks round-robin, so every example meets
+the same batch, seed and arithmetic as in a single process; per-example results are summed over
+ranks (each row filled by one rank) and every rank returns the full result. The sanity checks run
+on rank 0 only; a distributed evaluation saves no progress state (it restarts when resumed).
+Memory is bounded by one batch whatever the test set's size: batches are taken from the test
+set as they are attacked, never copied as a whole.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from rtk import distributed
 from rtk.attacks import model_mode
 from rtk.context import RunContext
 from rtk.errors import RtkError
@@ -181,8 +189,10 @@ def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, ba
     if order not in ORDERS:
         raise RtkError(f'attack order "{order}" is not one of {", ".join(ORDERS)}')
     indices = torch.arange(len(test)) if indices is None else indices
-    subset = test.subset(indices)
-    total = len(subset)
+    total = len(indices)
+    world = ctx.world
+    if world.distributed:
+        state = None
     names = ["clean", *(label for label, _ in attacks)]
     correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     done, flags, fingerprint = 0, [], {}
@@ -193,35 +203,47 @@ def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, ba
         if loaded is not None:
             done, saved, flags = loaded
             correct = {name: [saved[name]] for name in names}
+    rows = torch.zeros(total, len(names), dtype=torch.int32) if world.distributed else None
     plural = "s" if len(attacks) != 1 else ""
     with model_mode(model, train=False), ctx.progress(f"evaluate ({len(attacks)} attack{plural})", total) as advance:
         advance(done)
         for start in range(done, total, batch_size):
             stop = min(start + batch_size, total)
-            images, labels = subset.take(torch.arange(start, stop))
-            batch = attack_batch(model, images.to(ctx.device), labels.to(ctx.device), attacks, order, ctx.seed,
-                                 int(indices[start]))
-            for name, hit in batch.items():
-                correct[name].append(hit.cpu())
+            if world.distributed and not distributed.owns_batch(start // batch_size):
+                continue
+            images, labels = test.take(indices[start:stop])
+            with ctx.autocast("eval"):
+                batch = attack_batch(model, ctx.to_device(images), ctx.to_device(labels), attacks, order, ctx.seed,
+                                     int(indices[start]))
+            if rows is not None:
+                rows[start:stop] = torch.stack([batch[name].cpu() for name in names], 1).int()
+            else:
+                for name, hit in batch.items():
+                    correct[name].append(hit.cpu())
             if state is not None:
                 state.save(fingerprint, indices, stop, correct, attack_flags(attacks, flags))
             advance(stop - start)
         flags = attack_flags(attacks, flags)
+        if rows is not None:
+            rows = distributed.all_reduce_sum(rows).bool()
+            correct = {name: [rows[:, i]] for i, name in enumerate(names)}
+            gathered = [f for part in distributed.gather_objects(flags) for f in part]
+            flags = [f for i, f in enumerate(gathered) if f not in gathered[:i]]
         correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
         robust = correct["clean"].clone()
         for label, _ in attacks:
             robust &= correct[label]
         correct["robust"] = robust
         metrics = {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
-        if sanity_attacks is not None and sanity_n > 0 and total:
+        if sanity_attacks is not None and sanity_n > 0 and total and world.is_main:
             from rtk.sanity import sanity_checks
 
-            images, labels = subset.take(torch.arange(min(sanity_n, total)))
+            images, labels = test.take(indices[:min(sanity_n, total)])
             seed_batch(ctx.seed, -1, "sanity")
-            flags += sanity_checks(model, images.to(ctx.device), labels.to(ctx.device), sanity_attacks, metrics, ctx)
+            flags += sanity_checks(model, ctx.to_device(images), ctx.to_device(labels), sanity_attacks, metrics, ctx)
     result = {"metrics": metrics, "correct": correct, "indices": indices, "n": total, "flags": flags, "attack_order": order}
     if per_class:
-        labels = subset.labels.cpu()
+        labels = test.labels[indices].cpu()
         classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
         result["per_class"] = per_class_accuracy(correct, labels, classes)
     return result

@@ -8,9 +8,19 @@ target checkpoint was saved (it is saved before evaluation starts) is not traine
 evaluation continues after the last batch saved in ``eval-state/run-<i>.safetensors``. An
 interrupted training continues from ``train-state/<source|transfer>-<i>.pt`` (see rtk.checkpoints),
 which is deleted once the stage's weights are saved in ``checkpoints/``.
+
+Under ``torchrun --nproc_per_node=N -m rtk run RECIPE`` every rank runs this same code: training
+splits each global batch across ranks, evaluation and feature extraction share out whole batches,
+per-example certifiers (rtk.certify.Certifier) share out examples (see rtk.distributed); only
+rank 0 writes files or prints (the other ranks' consoles are quiet), and results equal a
+single-process run's. A distributed run does not save evaluation or certification progress
+mid-way (an interrupted one restarts that stage when resumed).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 import json
 import os
 import platform
@@ -21,9 +31,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from rich.markup import escape
 
 import rtk
+from rtk import distributed
+from rtk.certify import Certifier
 from rtk.configs import to_table
 from rtk.checkpoints import remove_train_states
 from rtk.context import RunContext, resolve_device
@@ -65,7 +78,7 @@ def environment(device: torch.device, seed: int, deterministic: bool = False) ->
         "versions": versions, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(), "seed": seed, "argv": sys.argv, "deterministic": deterministic,
-        "started": datetime.now().isoformat(timespec="seconds"),
+        "started": datetime.now().isoformat(timespec="seconds"), "world_size": distributed.world().size,
     }
 
 
@@ -106,6 +119,9 @@ class Runner:
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
+        self.world = distributed.init(resolve_device(self.specs[0].run.device))
+        if not self.world.is_main:  # rank 0 alone prints; the others would repeat every line
+            show_progress, console = False, Console(quiet=True)
         name = self.specs[0].run.name
         self.out_dir = Path(out_dir) if out_dir else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -122,11 +138,13 @@ class Runner:
         keys = [json.dumps(spec.raw.get("source"), sort_keys=True, default=str) for spec in self.specs]
         self.source_index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # stable checkpoint names
         self.runs: list[dict] = []
-        OutputLock(self.out_dir).check()  # refuse a folder another run is writing before reading its results
+        if self.world.is_main:  # rank 0 takes the lock; another rank would find it taken
+            OutputLock(self.out_dir).check()  # refuse a folder another run is writing before reading its results
         self.finished: list[dict] = self.check_resume() if resume else []
         if not resume and (self.out_dir / "results.json").exists() and not overwrite:
             raise RtkError(f"{self.out_dir} already holds results.json; choose another --out, pass --overwrite,"
                            " or --resume to continue an interrupted run")
+        distributed.barrier()  # every rank has read --out before rank 0 can write to it
 
     def check_resume(self) -> list[dict]:
         """The runs an interrupted run in --out finished; refuses a complete or different run."""
@@ -158,12 +176,38 @@ class Runner:
         return runs
 
     def context(self, spec: RunSpec, index: int = 0) -> RunContext:
-        ctx = RunContext(device=resolve_device(spec.run.device), seed=spec.run.seed, show_progress=self.show_progress,
-                         out_dir=self.out_dir, checkpoint_dir=self.out_dir / "train-state", resume=self.resume,
-                         run_index=index)
+        run = spec.run
+        ctx = RunContext(device=distributed.local_device(resolve_device(run.device)), seed=run.seed,
+                         show_progress=self.show_progress, out_dir=self.out_dir, checkpoint_dir=self.out_dir / "train-state",
+                         resume=self.resume, run_index=index, amp=run.amp, eval_amp=run.eval_amp,
+                         channels_last=run.channels_last, workers=run.workers, pin_memory=run.pin_memory,
+                         non_blocking=run.non_blocking, feature_cache_mb=run.feature_cache_mb)
         if self.console is not None:
             ctx.console = self.console
         return ctx
+
+    @staticmethod
+    def fast_model(model, spec: RunSpec):
+        """The [run] fast paths that act on the model: channels_last weights, compiled forward.
+        nn.Module.compile compiles in place, so state dicts, ``features`` and ``head`` are untouched."""
+        if spec.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if spec.run.compile and not getattr(model, "_rtk_compiled", False):
+            model.compile()
+            model._rtk_compiled = True
+        return model
+
+    def certify(self, certifier, model, data, ctx: RunContext):
+        """The certifier's results (on rank 0; None on the others). Under torchrun a per-example
+        Certifier certifies a strided shard on each rank, without a progress log (ctx.out_dir None:
+        only rank 0 writes), and rank 0 summarises the gathered rows; any other certifier runs on
+        rank 0 alone."""
+        if self.world.distributed and isinstance(certifier, Certifier):
+            shard = certifier.certify_examples(model, data, dataclasses.replace(ctx, out_dir=None),
+                                               indices=distributed.shard_indices(len(data)))
+            rows = sorted((row for part in distributed.gather_objects(shard) for row in part), key=lambda r: r["index"])
+            return certifier.summarize(rows, ctx) if self.world.is_main else None
+        return certifier.certify(model, data, ctx) if self.world.is_main else None
 
     def dataset(self, spec: ComponentSpec) -> DataSplits:
         key = json.dumps([spec.name, to_table(spec.config)], sort_keys=True, default=str)
@@ -185,7 +229,7 @@ class Runner:
         if num_classes is None:
             raise RtkError(f"{self.recipe.path}: [source] num_classes: cannot infer the source's class count; set num_classes")
         seed_everything(spec.run.seed)
-        model = source.model.build(num_classes=num_classes).to(ctx.device)
+        model = self.fast_model(source.model.build(num_classes=num_classes).to(ctx.device), spec)
         if key in self.sources:
             state, info = self.sources[key]
             model.load_state_dict(state)
@@ -206,10 +250,11 @@ class Runner:
                           checkpoint=ctx.checkpoint_dir / f"{stage}.pt")
             info.update(clean=accuracy(model, data.test, ctx), final_loss=history[-1] if history else None)
             checkpoint = self.out_dir / "checkpoints" / f"source-{self.source_index[key]}.safetensors"
-            save_weights(model, checkpoint)
-            remove_train_states(ctx.checkpoint_dir, stage)
             info["checkpoint"] = str(checkpoint.relative_to(self.out_dir))
-            atomic_write_text(trained.with_suffix(".json"), json.dumps(info) + "\n")  # after the weights: marks them complete
+            if self.world.is_main:
+                save_weights(model, checkpoint)
+                remove_train_states(ctx.checkpoint_dir, stage)
+                atomic_write_text(trained.with_suffix(".json"), json.dumps(info) + "\n")  # after the weights: marks them complete
         self.sources[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
         return model, info
 
@@ -237,7 +282,7 @@ class Runner:
                 head = state.get("head.weight")
                 model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
             load_weights(model, checkpoint, state=state)
-            return model.to(ctx.device), info.get("source", {}), info.get("seconds", 0.0)
+            return self.fast_model(model.to(ctx.device), spec), info.get("source", {}), info.get("seconds", 0.0)
         started = time.perf_counter()
         model, source_info = self.source_model(spec, ctx)
         source_classes = model.num_classes
@@ -251,13 +296,14 @@ class Runner:
             finally:
                 ctx.train_stage = None
         seconds = time.perf_counter() - started
-        # Saved before evaluation, so an interrupted evaluation resumes without training again.
-        save_weights(model, checkpoint)
-        atomic_write_text(pending, json.dumps({"source": source_info, "seconds": seconds,
-                                               "num_classes": getattr(model, "num_classes", None),
-                                               "source_classes": source_classes}) + "\n")
-        remove_train_states(ctx.checkpoint_dir, f"transfer-{index}")
-        return model, source_info, seconds
+        if self.world.is_main:
+            # Saved before evaluation, so an interrupted evaluation resumes without training again.
+            save_weights(model, checkpoint)
+            atomic_write_text(pending, json.dumps({"source": source_info, "seconds": seconds,
+                                                   "num_classes": getattr(model, "num_classes", None),
+                                                   "source_classes": source_classes}) + "\n")
+            remove_train_states(ctx.checkpoint_dir, f"transfer-{index}")
+        return self.fast_model(model, spec), source_info, seconds
 
     def run_point(self, index: int, spec: RunSpec) -> dict:
         ctx = self.context(spec, index)
@@ -285,7 +331,8 @@ class Runner:
             extra["flags"] = result["flags"]
             if spec.certify is not None:
                 certifier = spec.certify.build()
-                extra["certify"] = certifier.certify(model, target.test.subset(indices), ctx)
+                with ctx.autocast("eval"):
+                    extra["certify"] = self.certify(certifier, model, target.test.subset(indices), ctx)
         run = {"id": spec.id, "params": spec.params, "metrics": metrics,
                "paper": paper_for(self.recipe, spec.params), **extra,
                "checkpoint": str(self.state_paths(index)[0].relative_to(self.out_dir)),
@@ -318,8 +365,18 @@ class Runner:
                     self.dataset(data)
 
     def run(self) -> dict:
-        if not self.deterministic:
-            return self._run()
+        result = self._run_deterministic() if self.deterministic else self._run()
+        # Not in a finally: after an error on one rank the others sit in a collective, and torchrun
+        # ends them; a barrier here would only hang. Models and tensors go first, or gloo can abort
+        # the process at exit.
+        if self.world.distributed:
+            self.sources.clear()
+            self.datasets.clear()
+            gc.collect()
+            distributed.shutdown()
+        return result
+
+    def _run_deterministic(self) -> dict:
         previous = torch.are_deterministic_algorithms_enabled()
         if torch.cuda.is_available():  # cuBLAS is deterministic only with a fixed workspace
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -331,10 +388,12 @@ class Runner:
 
     def _run(self) -> dict:
         self.prepare()
-        with OutputLock(self.out_dir):  # taken after prepare(), so a run whose data fails leaves no folder
+        lock = OutputLock(self.out_dir) if self.world.is_main else contextlib.nullcontext()
+        with lock:  # taken after prepare(), so a run whose data fails leaves no folder
             if not (self.resume or self.overwrite) and (self.out_dir / "results.json").exists():  # a run that finished meanwhile
                 raise RtkError(f"{self.out_dir} already holds results.json; choose another --out, pass --overwrite,"
                                " or --resume to continue an interrupted run")
+            distributed.barrier()  # no rank checks results.json after rank 0 wrote it
             return self._run_points()
 
     def _run_points(self) -> dict:
@@ -343,25 +402,32 @@ class Runner:
             if index < len(self.finished):
                 continue
             ctx = self.context(spec)
-            if index == len(self.finished) and not (self.resume and (self.out_dir / "recipe.resolved.toml").is_file()):
+            header = index == len(self.finished) and not (self.resume and (self.out_dir / "recipe.resolved.toml").is_file())
+            if header and self.world.is_main:
                 self.write_header(ctx)  # a resumed run keeps the env.json of its start
             if len(self.specs) > 1:
                 ctx.console.print(f"[bold]run {index + 1}/{len(self.specs)}[/bold]: {spec.id}")
             self.runs.append(self.run_point(index, spec))
+            if not self.world.is_main:
+                continue
             write_results(self.out_dir, self.payload(complete=index == len(self.specs) - 1))
             _, pending, state = self.state_paths(index)
             pending.unlink(missing_ok=True)
             EvalState(state).remove()
-        for state in (self.out_dir / "eval-state", self.out_dir / "train-state"):
-            if state.is_dir() and not any(state.iterdir()):
-                state.rmdir()
+        if self.world.is_main:
+            for state in (self.out_dir / "eval-state", self.out_dir / "train-state", self.out_dir / "feature-cache"):
+                if state.is_dir() and not any(state.iterdir()):
+                    state.rmdir()
         return self.payload(complete=True)
 
     def table(self):
         return results_table(self.runs, title=f"{self.recipe.raw.get('run', {}).get('name', self.recipe.path.stem)}")
 
     def report(self, console) -> None:
-        """The results table, then every flag of every run on its own line, then where results are."""
+        """The results table, then every flag of every run on its own line, then where results are
+        (rank 0 only under torchrun)."""
+        if not self.world.is_main:
+            return
         console.print(self.table())
         for run in self.runs:
             for flag in run.get("flags", []):

@@ -23,7 +23,17 @@ class RunConfig:
 
     name: str = option("rtk-run", help="name of the run (default output folder runs/NAME/...)")
     seed: int = option(0, min=0, max=2**31 - 1, help="seed of every random stream of the run (CPU runs repeat exactly)")
-    device: str = option("auto", help='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"')
+    device: str = option("auto", help='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (under torchrun "auto" and "cuda" mean cuda:LOCAL_RANK)')
+    # Fast paths. Those that can change numbers are off by default; evaluation and certification
+    # stay in float32 unless eval_amp says otherwise.
+    amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast in training (source and transfer); changes training numbers. Allowed on CPU too (torch\'s CPU autocast), where it is rarely faster')
+    eval_amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast also in evaluation, attacks, feature extraction and certification; changes evaluation numbers, so off by default')
+    channels_last: bool = option(False, help="channels_last memory format for the model's weights and image batches (faster convolutions on tensor-core GPUs; may change the last bits of results)")
+    compile: bool = option(False, help="torch.compile the model's forward (nn.Module.compile): slow first batches, then faster; may change the last bits of results")
+    workers: int = option(0, min=0, max=256, help="DataLoader worker processes for file-backed datasets (in-memory datasets are sliced in the main process, which is faster)")
+    pin_memory: bool = option(False, help="pin host batches before copying them to a CUDA device (no effect on CPU)")
+    non_blocking: bool = option(True, help="copy batches to a CUDA device asynchronously (no effect on CPU; does not change results)")
+    feature_cache_mb: float | None = option(2048.0, min=0.0, help="cached features (linear probes, LwF) larger than this many MiB are written to a memory-mapped file in the run folder's feature-cache/ instead of memory; unset: always in memory")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from rtk.checkpoints import load_train_state, rng_states, save_train_state, set_
 from rtk.options import TrainConfig  # noqa: F401  (re-exported: strategies subclass it)
 from rtk.context import RunContext
 from rtk.data import iterate
+from rtk import distributed
 from rtk.errors import RtkError
 
 
@@ -96,11 +97,30 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
     ``checkpoint`` (default: ``ctx.train_checkpoint()``, None: none) is rewritten at the end of
     every epoch and every ``cfg.checkpoint_every`` steps; with ``resume`` (default ``ctx.resume``)
     training continues from it and ends with the weights an uninterrupted run would have.
+
+    Fast paths from ``ctx``: bf16 autocast around the loss (``ctx.amp``), channels_last
+    weights and batches, DataLoader workers and pinned memory for file-backed data.
+
+    Under torchrun (rtk.distributed), every rank draws the same global batch and trains on its
+    slice; gradients are all-reduced after each backward (weighted by slice size, so they are
+    the global batch's mean-loss gradient), BN running statistics are averaged at the end of
+    each epoch, and only rank 0 writes checkpoints. For a deterministic objective this is the
+    single-process training up to float summation order. ``split`` then acts on each rank's
+    slice; torch's global generator is seeded per rank during training (random starts of
+    adversarial objectives differ per rank, as their examples do) and rank 0's state is restored
+    on every rank afterwards, so later model construction stays identical across ranks.
     """
+    world = ctx.world
     hook = (lambda name, default=None: getattr(objective, name, default))  # plain objects need only loss()
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
     if hook("setup"):
         objective.setup(model, ctx.device)
     params = list(model.parameters() if params is None else params) + list(hook("parameters", list)())
+    if world.distributed:  # identical starting weights on every rank, as DDP guarantees at construction
+        distributed.broadcast_module(model)
+        for p in hook("parameters", list)():
+            p.data.copy_(distributed.broadcast(p.detach(), 0))
     optimizer = make_optimizer(params, cfg)
     per_batch = max(1, int(hook("steps_per_batch", 1)))
     batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -116,7 +136,7 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
     epoch_start = generator.get_state()
     saved = None  # the path of the last checkpoint this training can go back to
     if path is not None and Path(path).is_file():
-        if resume:
+        if resume:  # every rank reads the checkpoint rank 0 wrote
             state = load_train_state(Path(path), fingerprint)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -126,12 +146,12 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
             set_rng_states(state["rng"])
             history, step, first_epoch, done = list(state["history"]), state["step"], state["epoch"], state["done"]
             total, count, epoch_start, saved = state["total"], state["count"], state["generator"], path
-        else:
-            Path(path).unlink()  # a stale file of an earlier run must never be resumed from
+        elif world.is_main:
+            Path(path).unlink(missing_ok=True)  # a stale file of an earlier run must never be resumed from
 
     def save(epoch: int, done: int, start_state: torch.Tensor) -> None:
         nonlocal saved
-        if path is None:
+        if path is None or not world.is_main:
             return
         save_train_state(Path(path), {
             "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -140,6 +160,11 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
             "epoch": epoch, "done": done, "step": step, "history": history, "total": total, "count": count})
         saved = path
 
+    if world.distributed and world.rank > 0:
+        torch.manual_seed(ctx.seed * 1_000_003 + 7919 * world.rank + step)
+    # Without augmentation a rank loads only its slice; augmentations draw from the generator for
+    # the whole global batch, so then every rank augments the global batch and keeps its slice.
+    part = distributed.split_batch if world.distributed and cfg.augment == "none" else None
     with ctx.progress(description, cfg.epochs * steps_per_epoch) as advance:
         advance(step)
         for epoch in range(first_epoch, cfg.epochs):
@@ -149,34 +174,54 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
             # The epoch's order and augmentations come from the generator's state at its start:
             # a resumed epoch replays them and skips the batches already trained on.
             generator.set_state(epoch_start)
-            for batch, (images, labels) in enumerate(iterate(data, cfg.batch_size, shuffle=True, generator=generator)):
+            batches = iterate(data, cfg.batch_size, shuffle=True, generator=generator, num_workers=ctx.workers,
+                              pin_memory=ctx.pin_memory, part=part)
+            for batch, (images, labels) in enumerate(batches):
                 images = augment(images, cfg.augment, generator)
+                if world.distributed and part is None:
+                    mine = distributed.split_batch(len(labels))
+                    images, labels = images[mine], labels[mine]
                 if batch < done:
                     continue
-                images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-                pieces = objective.split(images, labels) if per_batch > 1 else [(images, labels)]
+                images, labels = ctx.to_device(images), ctx.to_device(labels)
+                if not len(labels):
+                    pieces = [(images, labels)] * per_batch
+                else:
+                    pieces = list(objective.split(images, labels)) if per_batch > 1 else [(images, labels)]
+                if world.distributed:  # every rank takes the same number of steps (collectives pair up)
+                    pieces += [(images[:0], labels[:0])] * (per_batch - len(pieces))
                 for piece_images, piece_labels in pieces:
-                    loss = objective.loss(model, piece_images, piece_labels)
-                    if not torch.isfinite(loss):
-                        last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
-                        stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
-                        raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
-                                       " lower the learning rate or check the data")
+                    local = len(piece_labels)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if hook("after_backward"):
+                    if local:
+                        with ctx.autocast("train"):
+                            loss = objective.loss(model, piece_images, piece_labels)
+                        if not torch.isfinite(loss):
+                            last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
+                            stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
+                            raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
+                                           " lower the learning rate or check the data")
+                        loss.backward()
+                    if world.distributed and not distributed.all_reduce_gradients(params, local):
+                        continue  # no rank had an example for this step
+                    if local and hook("after_backward"):
                         objective.after_backward()
                     optimizer.step()
                     schedule.step()
                     step += 1
-                    total += loss.item() * len(piece_labels)
-                    count += len(piece_labels)
+                    if local:
+                        total += loss.item() * local
+                        count += local
                     advance()
                 if every and step // per_batch % every == 0 and batch + 1 < batches_per_epoch:
                     save(epoch, batch + 1, epoch_start)
+            if world.distributed:
+                distributed.average_buffers(model)
+                total, count = distributed.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64)).tolist()
             history.append(total / max(count, 1))
             done, total, count, epoch_start = 0, 0.0, 0, generator.get_state()
             save(epoch + 1, 0, epoch_start)
+    distributed.sync_rng_from(0)
     model.eval()
     return history
 

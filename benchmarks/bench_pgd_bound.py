@@ -1,0 +1,112 @@
+"""rtk's PGD-k attack (the ``pgd`` attack from the registry) against its physical bound: the time
+of k + 1 forward and backward passes of the same model on the same batch, side by side in one
+process.
+
+PGD-k needs k gradient steps (a forward and a backward pass each); the bound grants one pass
+more for the bookkeeping every implementation needs (random start, projection, the final
+prediction), so an attack that wastes nothing lands at or below 1.0. The target is
+rtk / bound <= 1.05. The two paths alternate which runs first in each repeat; the reported ratio
+is the median of the per-repeat ratios.
+
+    python -m benchmarks.bench_pgd_bound                      # small CNN, 128 3x32x32 images
+    python -m benchmarks.bench_pgd_bound --steps 50 --device cuda --batch-size 1024
+
+The model is the built-in small CNN ([16, 32, 64], 256 features) on uniform random 3x32x32
+images labelled with its own predictions (timing does not depend on what they show).
+Defaults finish in well under a minute on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from benchmarks.common import paired_ratio, time_side_by_side
+
+TARGET = 1.05
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=128, help="images in the batch (default 128)")
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps k (default 10)")
+    parser.add_argument("--eps", default="8/255", help="Linf radius (default 8/255)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from rtk.configs import build_config
+    from rtk.context import resolve_device
+    from rtk.registry import default_registry
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    eps = float(Fraction(args.eps))
+    registry = default_registry()
+    component = registry.get("model", "small-cnn")
+    torch.manual_seed(0)
+    model = component.factory(build_config(component.config, {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}),
+                              num_classes=10).to(device).eval()
+    images = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    attack_component = registry.get("attack", "pgd")
+    attack = attack_component.factory(build_config(attack_component.config, {"eps": eps, "steps": args.steps}))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def rtk_path():
+        torch.manual_seed(1)
+        adversarial = attack(model, images, labels)
+        with torch.no_grad():
+            return float((model(adversarial).argmax(1) == labels).float().mean())
+
+    def bound_path():
+        x = images.clone()
+        for _ in range(args.steps + 1):
+            x.requires_grad_(True)
+            grad, = torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+            x = x.detach()
+        return float(grad.abs().sum() > 0)
+
+    rtk_path(), bound_path()  # warm-up
+    times, outputs = time_side_by_side({"rtk": rtk_path, "bound": bound_path}, args.repeats, sync)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = paired_ratio(times, "rtk", "bound")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    result = {
+        "benchmark": f"PGD-{args.steps} attack (rtk pgd) vs its physical bound ({args.steps + 1} forward+backward passes)",
+        "model": "small-cnn [16, 32, 64] / 256", "batch_size": args.batch_size, "image_shape": [3, 32, 32],
+        "steps": args.steps, "eps": eps, "norm": "Linf", "repeats": args.repeats, "device": str(device),
+        "device_name": device_name, "torch_threads": args.threads, "python": platform.python_version(),
+        "torch": torch.__version__, "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
+        "ratio_of_medians": medians["rtk"] / medians["bound"], "target": TARGET,
+        "target_semantics": f"rtk PGD-{args.steps} time / time of {args.steps + 1} forward+backward passes <= {TARGET}",
+        "meets_target": ratio <= TARGET, "robust_accuracy": outputs["rtk"],
+    }
+    print(f"PGD-{args.steps} Linf eps={eps:g} on {args.batch_size} images 3x32x32, small-cnn [16, 32, 64] / 256,"
+          f" {device_name}, {args.repeats} repeats (alternating order)")
+    print(f"{'path':<40}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, label in [("rtk", f"rtk pgd attack, {args.steps} steps"), ("bound", f"{args.steps + 1} forward+backward passes")]:
+        print(f"{label:<40}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio rtk / bound = {ratio:.3f}   target <= {TARGET}   {verdict}   (of medians {result['ratio_of_medians']:.3f})")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
