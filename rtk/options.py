@@ -35,5 +35,8 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "multistep"] = option("constant", help="learning-rate schedule, stepped per iteration")
     milestones: list[float] = option(default_factory=list, help="multistep: epochs at which the rate is multiplied by gamma")
     gamma: float = option(0.1, min=0.0, help="multistep decay factor")
+    warmup_epochs: float = option(0.0, min=0.0, help="linear learning-rate warm-up over this many epochs, per step, before the schedule")
+    adam_eps: float = option(1e-8, min=0.0, help="Adam/AdamW epsilon")
+    adam_betas: list[float] = option(default_factory=lambda: [0.9, 0.999], help="Adam/AdamW betas")
     augment: Literal["none", "crop", "flip", "crop-flip"] = option("none", help="batch augmentation (crop-flip = pad-4 random crop + horizontal flip)")
     checkpoint_every: int = option(0, min=0, help="also save a resumable training checkpoint every N steps (0: at the end of every epoch only)")

@@ -70,19 +70,39 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
         params = [group for group in params if group["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    betas = tuple(getattr(cfg, "adam_betas", (0.9, 0.999)))
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise RtkError(f"adam_betas = {list(betas)}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
+    adam = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, eps=getattr(cfg, "adam_eps", 1e-8),
+                betas=betas)
+    return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(params, **adam)
 
 
 def make_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The learning-rate multiplier per optimizer step: ``warmup_epochs`` of linear warm-up
+    ((step+1)/W, so the first step already trains), then the schedule (cosine over the
+    remaining steps; multistep at absolute epochs; constant)."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    if cfg.schedule == "multistep":
-        marks = [int(m * steps_per_epoch) for m in cfg.milestones]
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=cfg.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    warm = round(getattr(cfg, "warmup_epochs", 0.0) * steps_per_epoch)
+    if warm <= 0:
+        if cfg.schedule == "cosine":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        if cfg.schedule == "multistep":
+            marks = [int(m * steps_per_epoch) for m in cfg.milestones]
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=cfg.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    marks = [int(m * steps_per_epoch) for m in cfg.milestones]
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(step >= m for m in marks)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: RunContext, *,

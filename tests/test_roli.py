@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from rtk.context import RunContext
 from rtk.data import DataSplits, ImageSet
@@ -140,10 +141,12 @@ def test_rebuild_recreates_the_architecture_for_resume(one_thread, variant):
 
 
 def test_warmup_then_cosine_factor():
-    from rtk_plugins._lib.roli import warmup_factor
+    from rtk.training import make_schedule
 
-    cfg = RanLIConfig(epochs=4, warmup_epochs=2)
-    f = warmup_factor(cfg, steps_per_epoch=5)
+    cfg = RanLIConfig(epochs=4, warmup_epochs=2, schedule="cosine")
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    factors = [make_schedule(optimizer, cfg, steps_per_epoch=5).lr_lambdas[0](s) for s in range(21)]
+    f = factors.__getitem__
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # the first step trains
     assert f(10) == pytest.approx(1.0) and f(15) == pytest.approx(0.5) and f(20) == pytest.approx(0.0)
 

@@ -1,11 +1,9 @@
 """RoLI and RanLI (Hua et al., "Initialization Matters for Adversarial Transfer Learning",
 arXiv:2312.05716); options and defaults: rtk_plugins.roli.RoLIConfig / RanLIConfig. Also
-``fit_with_warmup``, the per-iteration linear warm-up RoLI and CARTL's NEFT need."""
+``fit_with_warmup``, the training entry point RoLI and CARTL's NEFT share."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -19,68 +17,12 @@ from rtk_plugins._lib.peft_modules import add_adapters, add_lora, bias_parameter
 from rtk_plugins._lib.pgd import torchattacks_pgd
 
 
-def _core_has_warmup() -> bool:
-    return "warmup_epochs" in TrainConfig.__dataclass_fields__
-
-
-def warmup_factor(cfg, steps_per_epoch: int):
-    """lr multiplier per step: linear warm-up (m+1)/W over the first W steps (so the first step
-    trains), then cfg.schedule (cosine over the remaining steps, multistep at absolute epochs)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-    marks = [int(m * steps_per_epoch) for m in cfg.milestones]
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        if cfg.schedule == "multistep":
-            return cfg.gamma ** sum(step >= m for m in marks)
-        return 1.0
-
-    return factor
-
-
-@contextlib.contextmanager
-def _training_overrides(cfg, adam_eps: float | None):
-    # Stopgap until rtk.options.TrainConfig has warmup_epochs and Adam's eps: fit builds its
-    # optimizer and schedule through these two module functions.
-    import rtk.training as training
-
-    make_optimizer, make_schedule = training.make_optimizer, training.make_schedule
-
-    def optimizer(params, c):
-        opt = make_optimizer(params, c)
-        if adam_eps is not None and c.optimizer in ("adam", "adamw"):
-            for group in opt.param_groups:
-                group["eps"] = adam_eps
-        return opt
-
-    def schedule(opt, c, steps_per_epoch):
-        if getattr(c, "warmup_epochs", 0) and not _core_has_warmup():
-            return torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(c, steps_per_epoch))
-        return make_schedule(opt, c, steps_per_epoch)
-
-    training.make_optimizer, training.make_schedule = optimizer, schedule
-    try:
-        yield
-    finally:
-        training.make_optimizer, training.make_schedule = make_optimizer, make_schedule
-
-
-def fit_with_warmup(model, data, objective, cfg, ctx, *, adam_eps: float | None = None, **kwargs):
-    """rtk.training.fit with ``cfg.warmup_epochs`` of per-iteration linear warm-up and, for
-    Adam/AdamW, epsilon ``adam_eps``."""
+def fit_with_warmup(model, data, objective, cfg, ctx, **kwargs):
+    """rtk.training.fit (which applies ``cfg.warmup_epochs`` and ``cfg.adam_eps``); kept as the
+    one training entry point of RoLI and NEFT."""
     from rtk.training import fit
 
-    with _training_overrides(cfg, adam_eps):
-        return fit(model, data, objective, cfg, ctx, **kwargs)
-
-
-@dataclasses.dataclass
-class _StageConfig(TrainConfig):
-    warmup_epochs: float = 0.0
+    return fit(model, data, objective, cfg, ctx, **kwargs)
 
 
 def random_head(feature_dim: int, num_classes: int, bias: float, device) -> nn.Linear:
@@ -196,7 +138,7 @@ class RoLI(TransferStrategy):
         if data.val is None or len(data.val) == 0:
             raise RtkError("roli: the adversarial linear probe picks its epoch by validation robust accuracy, but the"
                            " target has no validation split; set [target] val_fraction (RoLI's CIFAR split: 0.1)")
-        stage = _StageConfig(epochs=cfg.probe_epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.probe_lr,
+        stage = TrainConfig(epochs=cfg.probe_epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.probe_lr,
                              momentum=0.9, weight_decay=cfg.probe_weight_decay, decay_bias_and_norm=False,
                              schedule="cosine", augment=cfg.augment, checkpoint_every=cfg.checkpoint_every,
                              warmup_epochs=cfg.warmup_epochs)
@@ -220,7 +162,7 @@ class RoLI(TransferStrategy):
         optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("sgd" if cfg.variant == "linear" else "adamw")
         stage = dataclasses.replace(cfg, optimizer=optimizer)
         fit_with_warmup(model, data.train, objective or self._attack_objective(), stage, ctx, params=params,
-                        adam_eps=cfg.adam_eps, set_mode=self._set_mode, description=f"adversarial fine-tuning ({cfg.variant})")
+                        set_mode=self._set_mode, description=f"adversarial fine-tuning ({cfg.variant})")
         model.eval()
         return model
 
