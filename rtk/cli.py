@@ -115,7 +115,8 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
     loaded = load_recipe(recipe, profile, list(overrides))
     runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
                     resume=resume, deterministic=deterministic)
-    err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{f' (profile {profile})' if profile else ''} -> {runner.out_dir}")
+    if runner.world.is_main:  # under torchrun only rank 0 speaks
+        err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{f' (profile {profile})' if profile else ''} -> {runner.out_dir}")
     runner.run()
     runner.report(console)
 

@@ -333,6 +333,9 @@ class Runner:
                 certifier = spec.certify.build()
                 with ctx.autocast("eval"):
                     extra["certify"] = self.certify(certifier, model, target.test.subset(indices), ctx)
+                # A certifier's warnings (a sample too small to reach a radius) are flags of the run.
+                extra["flags"] = list(extra["flags"]) + [{"name": "certify-sample-size", "message": str(w), "source": "rtk"}
+                                                         for w in (extra["certify"] or {}).get("warnings", [])]
         run = {"id": spec.id, "params": spec.params, "metrics": metrics,
                "paper": paper_for(self.recipe, spec.params), **extra,
                "checkpoint": str(self.state_paths(index)[0].relative_to(self.out_dir)),
@@ -418,6 +421,9 @@ class Runner:
             for state in (self.out_dir / "eval-state", self.out_dir / "train-state", self.out_dir / "feature-cache"):
                 if state.is_dir() and not any(state.iterdir()):
                     state.rmdir()
+            from rtk.plots import plot_run
+
+            plot_run(self.out_dir, console=self.console)  # plot.png of a sweep; a failure only warns
         return self.payload(complete=True)
 
     def table(self):

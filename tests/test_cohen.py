@@ -259,6 +259,7 @@ def test_rtk_run_certifies_and_writes_rows(write_recipe, tmp_path, cli, one_thre
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
     assert certify["metrics"]["acr"] == pytest.approx(certify_report.acr(rows))
     assert certify["metrics"]["certified_accuracy@0.5"] == 0.0 and certify["warnings"]  # n = 200 caps radii at 0.456
+    assert "certify-sample-size" in [f["name"] for f in run["flags"]]  # the warning is a flag of the run
     assert all(r["radius"] <= certify["max_certifiable_radius"] + 1e-12 for r in rows)
     assert (out / "certify-0.png").is_file() and not (out / "eval-state").exists()
 

@@ -74,6 +74,7 @@ def test_sweep_trains_each_distinct_source_once(write_recipe, tmp_path):
     results = runner.run()
     assert len(results["runs"]) == 2 and len(runner.sources) == 1
     assert results["runs"][0]["source"] == results["runs"][1]["source"]
+    assert (tmp_path / "out" / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a sweep is plotted
 
 
 def test_weights_file_as_source(tiny_recipe, write_recipe, tmp_path):
