@@ -148,7 +148,7 @@ class Resolver:
 
     def source(self, raw: dict) -> SourceSpec:
         table = self.table(raw, "source", required=True)
-        model = self.component("model", table, "source", "model", ("weights", "num_classes", "data", "train", "objective"))
+        model = self.component("model", table, "source", "model", ("weights", "num_classes", "data", "train", "objective", "label"))
         spec = SourceSpec(model)
         weights = table.get("weights")
         if weights is not None:

@@ -79,6 +79,16 @@ def test_sweep_cases_set_keys_together(write_recipe):
         load_recipe(bad).points()
 
 
+def test_source_label_names_sweep_points(write_recipe):
+    path = write_recipe(TINY_RECIPE + '\n[sweep]\nsource = [{ label = "A", model = "small-cnn", channels = [4] },'
+                        ' { label = "B", model = "small-cnn", channels = [8] }]\n'
+                        '[[paper.rows]]\nwhere = { source = "B" }\nclean = 0.5\n')
+    recipe = load_recipe(path)
+    assert [p.id for p in recipe.points()] == ["source=A", "source=B"]
+    assert paper_for(recipe, recipe.points()[1].params) == {"clean": 0.5}
+    assert len(resolve(recipe, default_registry())) == 2  # label is not a model option
+
+
 def test_paper_rows_match_sweep_points(write_recipe):
     path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n[paper]\ncite = "T"\n'
                         '[[paper.rows]]\nwhere = { "transfer.lr" = 0.01 }\nclean = 0.9\n"PGD-5" = 0.4\n')
