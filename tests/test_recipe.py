@@ -169,3 +169,13 @@ def test_every_shipped_recipe_validates(recipe, cli):
     profiles = load_recipe(recipe).profiles
     assert "smoke" in profiles, f"{recipe.name} needs a [profile.smoke]"
     assert cli("validate", recipe, "--profile", "smoke").exit_code == 0
+
+
+def test_readme_recipe_example_validates(tmp_path, cli):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Recipes\n\n```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.toml"
+    path.write_text(block)
+    for profile in ((), ("--profile", "smoke")):
+        result = cli("validate", path, *profile)
+        assert result.exit_code == 0, result.stderr
