@@ -151,3 +151,18 @@ def test_cartl_recipe_smoke_runs(cli, tmp_path, one_thread):
     result = cli("run", RECIPE, "--profile", "smoke", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_cartl_recipe_pairs_each_source_with_its_transfer():
+    from rtk.recipe import load_recipe
+
+    points = load_recipe(RECIPE).points()
+    runs = {p.id: (p.raw["source"]["objective"], p.raw["transfer"]) for p in points}
+    assert len(runs) == 10
+    for k in (4, 6, 8):
+        fdm, neft = runs[f"cartl-k{k}"]
+        assert (fdm["name"], fdm["k"], neft["strategy"], neft["k"]) == ("cartl-fdm", k, "neft", k)
+        source, plain = runs[f"plain-tl-k{k}"]
+        assert source["name"] == "pgd-at" and plain["k"] == k and not plain["reinit"] and not plain["bn_affine_trainable"]
+    assert runs["lwf"][0]["name"] == "pgd-at"
+    assert len({str(objective) for objective, _ in runs.values()}) == 4  # one PGD-AT source, one FDM source per k

@@ -16,7 +16,7 @@ RECIPES = sorted((REPO / "recipes").glob("shafahi_*.toml"))
 NAMES = [p.stem for p in RECIPES]
 # sweep points that carry paper numbers (clean / PGD-20 / CW-20), per recipe
 PAPER_POINTS = {"shafahi_table1": 4, "shafahi_table2": 8, "shafahi_table3": 4, "shafahi_table4": 6,
-                "shafahi_table5": 5, "shafahi_table6": 4, "shafahi_table7": 7, "shafahi_fig1": 17,
+                "shafahi_table5": 5, "shafahi_table6": 4, "shafahi_table7": 7, "shafahi_fig1": 34,
                 "shafahi_fig3": 0, "shafahi_fig4": 6}
 
 
@@ -57,6 +57,31 @@ def test_paper_numbers_attach_to_their_sweep_points(tmp_path, name):
     assert all(set(n) - {"clean"} <= labels for n in numbers)  # every paper column is one we measure
     smoke = load_recipe(REPO / "recipes" / f"{name}.toml", profile="smoke")
     assert len(smoke.points()) <= 4  # smoke stays small
+
+
+def test_table1_cases_evaluate_each_source_on_its_own_dataset(tmp_path):
+    from rtk.recipe import load_recipe
+
+    points = load_recipe(REPO / "recipes" / "shafahi_table1.toml").points()
+    assert len(points) == 6 and all("transfer" not in p.raw for p in points)
+    assert all(p.raw["source"]["data"] == p.raw["target"] for p in points)
+    # The header maps checkpoints/source-<i> to weights files in run order: objective outer.
+    assert [(p.raw["source"]["objective"]["name"], p.raw["target"]["dataset"], "classes" in p.raw["target"])
+            for p in points] == [(o, d, h) for o in ("natural", "pgd-at")
+                                 for d, h in (("cifar10", False), ("cifar100", False), ("cifar100", True))]
+
+
+def test_table2_runs_only_the_papers_cells(tmp_path):
+    from rtk.recipe import load_recipe, paper_for
+
+    recipe = load_recipe(with_placeholder_weights(REPO / "recipes" / "shafahi_table2.toml", tmp_path))
+    points = recipe.points()
+    assert len(points) == 8 and all("clean" in paper_for(recipe, p.params) for p in points)
+    pairs = {(p.raw["source"]["weights"], str(p.raw["target"])) for p in points}
+    assert len(pairs) == 8
+    for p in points:  # each source meets the target its cell names: half sources only split targets
+        half_source = "cifar100half" in p.raw["source"]["weights"]
+        assert half_source == ("classes" in p.raw["target"])
 
 
 @pytest.mark.slow
