@@ -73,10 +73,13 @@ def test_table2_numbers_reach_the_right_runs(with_weights):
     for point in points:
         paper = paper_for(recipe, point.params)
         assert set(paper) == {"clean", "robust"}, point.id
-        found[(point.params["target"]["dataset"], point.params["source"].get("weights", "random"))] = paper
+        found[(point.params["target"]["dataset"], point.params["source"]["label"])] = paper
     assert found[("dtd", "random")] == {"clean": 0.543, "robust": 0.481}
-    assert found[("flowers102", "weights/resnet50_imagenet_at_l2_eps0.5.safetensors")] == {"clean": 0.937, "robust": 0.901}
-    assert found[("imagefolder", "weights/resnet50_imagenet_simclr.safetensors")] == {"clean": 0.604, "robust": 0.444}  # Birdsnap
+    assert found[("flowers102", "AT")] == {"clean": 0.937, "robust": 0.901}
+    assert found[("imagefolder", "SimCLR")] == {"clean": 0.604, "robust": 0.444}  # Birdsnap
+    # the labels name the sources they stand for, so a row cannot reach the wrong weights
+    weights = {label: point.params["source"].get("weights", "") for point in points for label in [point.params["source"]["label"]]}
+    assert "at_l2" in weights["AT"] and "simclr" in weights["SimCLR"] and weights["random"] == ""
 
 
 def test_table3_numbers_are_certified_metrics(with_weights):
@@ -85,7 +88,7 @@ def test_table3_numbers_are_certified_metrics(with_weights):
     assert len(papers) == 36
     assert all(set(p) == {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"} for p in papers)
     cifar10_cr = [paper_for(recipe, p.params) for p in recipe.points()
-                  if p.params["target"]["dataset"] == "cifar10" and "cr_sigma" in p.params["source"].get("weights", "")]
+                  if p.params["target"]["dataset"] == "cifar10" and p.params["source"]["label"] == "CR"]
     assert cifar10_cr == [{"clean_smoothed_accuracy": 0.934, "certified_accuracy@0.5": 0.892, "acr": 1.601}]
 
 
@@ -95,6 +98,21 @@ def test_table4_rows_follow_the_fine_tuning_objective(with_weights, profile, key
     recipe = load_recipe(with_weights / "study_table4.toml", profile)
     papers = [paper_for(recipe, p.params) for p in recipe.points()]
     assert len(papers) == 6 and all(set(p) == keys for p in papers)
+    assert len({tuple(sorted(p.items())) for p in papers}) == 6  # each run its own row
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_run_ids_name_sources_by_their_label(path):
+    """Every swept source carries a distinct label, so no run id falls back to a "#1" suffix."""
+    for profile in [None, *load_recipe(path).profiles]:
+        recipe = load_recipe(path, profile)
+        points = recipe.points()
+        assert not any("#" in p.id for p in points), (profile, [p.id for p in points])
+        for point in points:
+            if "source" in point.params:
+                assert f"source={point.params['source']['label']}" in point.id
+            if "target" in point.params and point.params["target"]["dataset"] != "digits":
+                assert paper_for(recipe, point.params), f"{profile}: no paper row for {point.id}"
 
 
 def test_the_study_settings_are_the_papers():
