@@ -18,14 +18,10 @@ Defaults (a small CNN trained 10 epochs on scikit-learn digits, eps 0.15, 64 ima
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
+from benchmarks.common import add_run_options, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
 
 TARGET = 1.05
 
@@ -34,10 +30,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="test images (default 64)")
     parser.add_argument("--eps", type=float, default=0.15, help="Linf radius (default 0.15: most digits break, a few survive all four attacks)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny ops thrash on more)")
     parser.add_argument("--torchattacks", action="store_true", help="also run the torchattacks backend once (robust accuracy and time)")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=5, device=False)
     args = parser.parse_args(argv)
 
     import torch
@@ -46,7 +40,7 @@ def main(argv=None) -> int:
     from rtk.configs import build_config
     from rtk.registry import default_registry
 
-    torch.set_num_threads(args.threads)
+    _, _, environment = setup(args)
     model, test = trained_digits_cnn()
     images, labels = test.take(torch.arange(min(args.n, len(test))))
     component = default_registry().get("attack", "autoattack")
@@ -68,16 +62,14 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    timing = timing_summary(times, "rtk", "reference")
+    ratio, medians = timing["ratio_rtk_over_reference"], timing["median_seconds"]
     paired = [a / b for a, b in zip(times["rtk"], times["reference"])]
-    ratio = paired_ratio(times, "rtk", "reference")
     result = {
         "benchmark": "autoattack standard, rtk vs pyautoattack called directly",
         "model": "small-cnn [8, 16] / 32, digits", "n": len(labels), "eps": args.eps, "norm": "Linf",
-        "repeats": args.repeats, "torch_threads": args.threads, "python": platform.python_version(),
-        "torch": torch.__version__, "seconds": times, "median_seconds": medians,
-        "paired_ratios": paired, "ratio_of_medians": medians["rtk"] / medians["reference"],
-        "ratio_rtk_over_reference": ratio, "target": TARGET, "meets_target": ratio <= TARGET,
+        "repeats": args.repeats, **environment, **timing, "paired_ratios": paired,
+        "target": TARGET, "meets_target": ratio <= TARGET,
         "identical_adversarial_images": bool(torch.equal(outputs["rtk"], outputs["reference"])),
         "clean_accuracy": clean,
         "robust_accuracy": {name: robust_accuracy(out) for name, out in outputs.items()},
@@ -101,9 +93,7 @@ def main(argv=None) -> int:
     print(f"ratio rtk / reference = {ratio:.3f} (median of per-repeat ratios; ratio of medians "
           f"{result['ratio_of_medians']:.3f})   target <= {TARGET}   {verdict}")
     print(f"identical adversarial images: {result['identical_adversarial_images']}   clean accuracy {clean:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, result)
     return 0
 
 

@@ -19,15 +19,12 @@ Defaults finish in well under a minute on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
+from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
 
 TARGET = 1.10
 
@@ -60,30 +57,22 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=2000, help="estimation samples per example (default 2000)")
     parser.add_argument("--batch-size", type=int, default=500, help="noisy copies per forward pass (default 500)")
     parser.add_argument("--sigma", type=float, default=0.25, help="noise std (default 0.25)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each path (default 7)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=7)
     args = parser.parse_args(argv)
 
     import torch
 
     from rtk.configs import build_config
-    from rtk.context import RunContext, resolve_device
+    from rtk.context import RunContext
     from rtk.data import ImageSet
     from rtk_plugins._lib.cohen import CohenCertifier
     from rtk_plugins.smoothing import CohenConfig
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, sync, environment = setup(args)
     model, images, labels = workload(args, device)
     test = ImageSet(images, labels)  # on the CPU: both paths move one example at a time, as a run does
     config = build_config(CohenConfig, {"sigma": args.sigma, "n0": args.n0, "n": args.n, "batch_size": args.batch_size})
     certifier = CohenCertifier(config)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = RunContext(device=device, seed=0, show_progress=False, out_dir=Path(tmp))
@@ -112,33 +101,26 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         summary = certifier.summarize(rows, ctx)  # TSV and plot: once per run, not per example
         summarize_seconds = time.perf_counter() - started
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = paired_ratio(times, "rtk", "plain")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    timing = timing_summary(times, "rtk", "plain")
+    ratio = timing["ratio_rtk_over_reference"]
     forwards = len(test) * (-(-args.n0 // args.batch_size) + -(-args.n // args.batch_size))
     result = {
         "benchmark": "Cohen certification, rtk cohen certify_examples vs the bare noisy forward passes it needs",
         "model": args.model, "data": args.data, "k": len(test), "n0": args.n0, "n": args.n, "batch_size": args.batch_size,
-        "sigma": args.sigma, "forward_passes": forwards, "repeats": args.repeats, "device": str(device),
-        "device_name": device_name, "torch_threads": args.threads, "python": platform.python_version(),
-        "torch": torch.__version__, "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
-        "ratio_of_medians": medians["rtk"] / medians["plain"], "ratio_of_minimums": min(times["rtk"]) / min(times["plain"]),
+        "sigma": args.sigma, "forward_passes": forwards, "repeats": args.repeats, **environment, **timing,
         "target": TARGET, "meets_target": ratio <= TARGET, "smoothed_accuracy": outputs["rtk"],
         "metrics": summary["metrics"], "summarize_seconds": summarize_seconds,
     }
     print(f"Cohen CERTIFY, {len(test)} examples ({args.data}), {args.model}, sigma={args.sigma:g}, n0={args.n0}, n={args.n},"
-          f" batch {args.batch_size} ({forwards} forward passes), {device_name}, {args.repeats} repeats (alternating order)")
-    print(f"{'path':<34}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for name, label in [("rtk", "rtk cohen certify_examples"), ("plain", "plain forward passes (no counts)")]:
-        print(f"{label:<34}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+          f" batch {args.batch_size} ({forwards} forward passes), {environment['device_name']}, {args.repeats} repeats"
+          " (alternating order)")
+    print_timings(times, {"rtk": "rtk cohen certify_examples", "plain": "plain forward passes (no counts)"})
     verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
     print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
           f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
     print(f"smoothed clean accuracy {summary['metrics']['clean_smoothed_accuracy']:.4f}, ACR {summary['metrics']['acr']:.4f};"
           f" summarize (TSV + plot) {summarize_seconds:.2f} s once")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, result)
     return 0
 
 

@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
-from pathlib import Path
 
-from benchmarks.common import paired_ratio, time_side_by_side
+from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, write_json
 
 TARGET = 0.2  # rtk / plain: a speed-up of at least 5x
 
@@ -35,23 +31,19 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=2048, help="training images (default 2048)")
     parser.add_argument("--epochs", type=int, default=10, help="head epochs (default 10)")
     parser.add_argument("--batch-size", type=int, default=128, help="head batch size (default 128, the strategy's)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=3)
     args = parser.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
     from rtk.configs import build_config
-    from rtk.context import RunContext, resolve_device
+    from rtk.context import RunContext
     from rtk.data import DataSplits, ImageSet, iterate
     from rtk.registry import default_registry
     from rtk.training import make_optimizer
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, sync, environment = setup(args)
     registry = default_registry()
     model_component = registry.get("model", "small-cnn")
     source = model_component.factory(build_config(model_component.config, {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}),
@@ -64,10 +56,6 @@ def main(argv=None) -> int:
     strategy_component = registry.get("strategy", "linear-probe")
     config = build_config(strategy_component.config, {"epochs": args.epochs, "batch_size": args.batch_size})
     ctx = RunContext(device=device, seed=0, show_progress=False)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     def rtk_path():
         model = copy.deepcopy(source)
@@ -95,28 +83,21 @@ def main(argv=None) -> int:
 
     rtk_path(), plain_path()  # warm-up
     times, norms = time_side_by_side({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = paired_ratio(times, "rtk", "plain")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    timing = timing_summary(times, "rtk", "plain")
+    ratio = timing["ratio_rtk_over_reference"]
     result = {
         "benchmark": f"linear probe, {args.epochs} epochs: rtk linear-probe (cached features) vs the backbone run on every batch",
         "model": "small-cnn [16, 32, 64] / 256", "n": args.n, "image_shape": [3, 32, 32], "epochs": args.epochs,
-        "batch_size": args.batch_size, "repeats": args.repeats, "device": str(device), "device_name": device_name,
-        "torch_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-        "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio, "speedup": 1 / ratio,
+        "batch_size": args.batch_size, "repeats": args.repeats, **environment, **timing, "speedup": 1 / ratio,
         "target": TARGET, "target_semantics": "ratio rtk / plain <= 0.2, i.e. a speed-up plain / rtk >= 5",
         "meets_target": ratio <= TARGET, "head_weight_norm": norms,
     }
     print(f"linear probe, {args.epochs} epochs, {args.n} images 3x32x32, small-cnn [16, 32, 64] / 256, batch {args.batch_size},"
-          f" {device_name}, {args.repeats} repeats (alternating order)")
-    print(f"{'path':<36}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for name, label in [("rtk", "rtk linear-probe (cached features)"), ("plain", "plain loop (backbone every epoch)")]:
-        print(f"{label:<36}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+          f" {environment['device_name']}, {args.repeats} repeats (alternating order)")
+    print_timings(times, {"rtk": "rtk linear-probe (cached features)", "plain": "plain loop (backbone every epoch)"})
     verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
     print(f"ratio rtk / plain = {ratio:.3f} (speed-up {1 / ratio:.1f}x)   target <= {TARGET} (>= 5x)   {verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, result)
     return 0
 
 

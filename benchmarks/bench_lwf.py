@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
 import time
-from pathlib import Path
 
 from benchmarks.bench_pgd import build_model
-from benchmarks.common import paired_ratio, time_side_by_side
+from benchmarks.common import add_run_options, paired_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
 
 TARGET = 1.10
 
@@ -59,32 +55,24 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1024, help="random images (default 1024)")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128, the paper's)")
     parser.add_argument("--lambda-d", type=float, default=0.005, help="LwF feature-distance weight (default 0.005)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed epochs of each path (default 9)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=9)
     args = parser.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
     from rtk.configs import build_config
-    from rtk.context import RunContext, resolve_device
+    from rtk.context import RunContext
     from rtk.training import CrossEntropy, fit
     from rtk.transfer import compute_features
     from rtk_plugins._lib.lwf import train_all_weights
     from rtk_plugins.lwf import LwFConfig
     from rtk_plugins.transfer import FinetuneConfig
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, sync, environment = setup(args)
     source, train = workload(args)
     source = source.to(device).eval()
     ctx = RunContext(device=device, seed=0, show_progress=False)  # no checkpoint_dir: no checkpoint files
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     compute_features(source, train, ctx)  # warm-up, so the timed pass is the steady-state cost
     sync()
@@ -129,33 +117,25 @@ def main(argv=None) -> int:
     for path in paths.values():  # warm-up: allocator, kernels, lazy imports
         path()
     times, losses = time_side_by_side(paths, args.repeats, sync)
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = paired_ratio(times, "lwf", "plain")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    timing = timing_summary(times, "lwf", "plain")
+    ratio, medians = timing["ratio_rtk_over_reference"], timing["median_seconds"]
     result = {
         "benchmark": "one LwF epoch (rtk, cached z0) vs one plain fine-tuning epoch (PyTorch loop, natural CE, all weights)",
         "model": args.model, "data": args.data, "n": len(train), "batch_size": args.batch_size, "lambda_d": args.lambda_d,
-        "feature_dim": int(z0.images.shape[1]), "repeats": args.repeats, "device": str(device), "device_name": device_name,
-        "torch_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-        "seconds": times, "median_seconds": medians, "z0_seconds": z0_seconds,
-        "ratio_rtk_over_reference": ratio, "ratio_of_medians": medians["lwf"] / medians["plain"],
+        "feature_dim": int(z0.images.shape[1]), "repeats": args.repeats, **environment, **timing, "z0_seconds": z0_seconds,
         "ratio_lwf_over_rtk_finetune": paired_ratio(times, "lwf", "rtk-ft"),
         "ratio_rtk_finetune_over_plain": paired_ratio(times, "rtk-ft", "plain"),
         "target": TARGET, "meets_target": ratio <= TARGET, "last_epoch_loss": losses,
     }
     print(f"one training epoch, {args.model}, {len(train)} {args.data} examples, batch {args.batch_size}, "
-          f"lambda_d {args.lambda_d:g}, {device_name}, {args.repeats} repeats (alternating order)")
-    print(f"{'path':<40}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for name, label in [("lwf", "rtk LwF phase 2 (cached z0)"), ("plain", "plain PyTorch fine-tuning loop"),
-                        ("rtk-ft", "rtk fit + CrossEntropy (reference only)")]:
-        print(f"{label:<40}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+          f"lambda_d {args.lambda_d:g}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
+    print_timings(times, {"lwf": "rtk LwF phase 2 (cached z0)", "plain": "plain PyTorch fine-tuning loop",
+                          "rtk-ft": "rtk fit + CrossEntropy (reference only)"})
     verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
     print(f"ratio rtk LwF / plain fine-tuning = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios;"
           f" of medians {result['ratio_of_medians']:.3f}; LwF / rtk fine-tuning {result['ratio_lwf_over_rtk_finetune']:.3f})")
     print(f"one-off z0 pass: {z0_seconds:.3f} s ({z0_seconds / medians['plain']:.2f} of a fine-tuning epoch)")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, result)
     return 0
 
 

@@ -19,14 +19,10 @@ Defaults finish in well under a minute on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 from fractions import Fraction
-from pathlib import Path
 
-from benchmarks.common import paired_ratio, time_side_by_side, trained_digits_cnn
+from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
 
 TARGET = 1.05
 
@@ -67,23 +63,19 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     parser.add_argument("--eps", default="0.1", help="Linf radius, fractions allowed (default 0.1 for digits; 8/255 for CIFAR-like data)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs of each path (default 9)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1: tiny ops thrash on more)")
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=9)
     args = parser.parse_args(argv)
 
     import torch
     import torchattacks
 
     from rtk.configs import build_config
-    from rtk.context import RunContext, resolve_device
+    from rtk.context import RunContext
     from rtk.data import ImageSet
     from rtk.evaluation import evaluate, seed_batch
     from rtk.registry import default_registry
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, sync, environment = setup(args)
     eps = float(Fraction(args.eps))
     model, images, labels = workload(args, device)
     test = ImageSet(images.cpu(), labels.cpu())  # rtk.evaluation moves each batch to the device, as in a run
@@ -91,10 +83,6 @@ def main(argv=None) -> int:
     config = build_config(component.config, {"eps": eps, "steps": args.steps})
     alpha = eps / 4  # the pgd plugin's Linf default, given to the plain loop too
     ctx = RunContext(device=device, seed=0, show_progress=False)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     def rtk_path():
         result = evaluate(model, test, [("PGD-20", component.factory(config))], ctx, args.batch_size)
@@ -119,32 +107,24 @@ def main(argv=None) -> int:
     times, robust = time_side_by_side(paths, args.repeats, sync)
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = paired_ratio(times, "rtk", "plain")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    timing = timing_summary(times, "rtk", "plain")
+    ratio = timing["ratio_rtk_over_reference"]
     result = {
         "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.evaluate vs a plain torchattacks.PGD loop",
         "model": args.model, "data": args.data, "n": len(test), "batch_size": args.batch_size, "eps": eps,
-        "steps": args.steps, "norm": "Linf", "repeats": args.repeats, "device": str(device), "device_name": device_name,
-        "torch_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-        "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
-        "ratio_of_medians": medians["rtk"] / medians["plain"], "ratio_of_minimums": min(times["rtk"]) / min(times["plain"]),
-        "target": TARGET,
-        "meets_target": ratio <= TARGET, "clean_accuracy": clean, "robust_accuracy": robust,
+        "steps": args.steps, "norm": "Linf", "repeats": args.repeats, **environment, **timing,
+        "target": TARGET, "meets_target": ratio <= TARGET, "clean_accuracy": clean, "robust_accuracy": robust,
         "same_robust_accuracy": robust["rtk"] == robust["plain"],
     }
     print(f"PGD-{args.steps} evaluation, Linf eps={eps:g}, {len(test)} images ({args.data}), {args.model}, "
-          f"batch {args.batch_size}, {device_name}, {args.repeats} repeats (alternating order)")
-    print(f"{'path':<30}{'median s':>10}{'min s':>10}{'max s':>10}{'robust acc':>12}")
-    for name, label in [("rtk", "rtk evaluate + pgd"), ("plain", "plain torchattacks.PGD loop")]:
-        print(f"{label:<30}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}{robust[name]:>12.4f}")
+          f"batch {args.batch_size}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
+    print_timings(times, {"rtk": "rtk evaluate + pgd", "plain": "plain torchattacks.PGD loop"})
     verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
     print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
           f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
-    print(f"clean accuracy {clean:.4f}   same robust accuracy on both paths: {result['same_robust_accuracy']}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    print(f"clean accuracy {clean:.4f}   robust accuracy rtk {robust['rtk']:.4f}, plain {robust['plain']:.4f}"
+          f" (same on both paths: {result['same_robust_accuracy']})")
+    write_json(args, result)
     return 0
 
 

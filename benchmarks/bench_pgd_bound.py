@@ -18,14 +18,10 @@ Defaults finish in well under a minute on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 from fractions import Fraction
-from pathlib import Path
 
-from benchmarks.common import paired_ratio, time_side_by_side
+from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, write_json
 
 TARGET = 1.05
 
@@ -35,21 +31,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="images in the batch (default 128)")
     parser.add_argument("--steps", type=int, default=10, help="PGD steps k (default 10)")
     parser.add_argument("--eps", default="8/255", help="Linf radius (default 8/255)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1)")
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_run_options(parser, repeats=5)
     args = parser.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
     from rtk.configs import build_config
-    from rtk.context import resolve_device
     from rtk.registry import default_registry
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, sync, environment = setup(args)
     eps = float(Fraction(args.eps))
     registry = default_registry()
     component = registry.get("model", "small-cnn")
@@ -61,10 +52,6 @@ def main(argv=None) -> int:
         labels = model(images).argmax(1)
     attack_component = registry.get("attack", "pgd")
     attack = attack_component.factory(build_config(attack_component.config, {"eps": eps, "steps": args.steps}))
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     def rtk_path():
         torch.manual_seed(1)
@@ -82,29 +69,21 @@ def main(argv=None) -> int:
 
     rtk_path(), bound_path()  # warm-up
     times, outputs = time_side_by_side({"rtk": rtk_path, "bound": bound_path}, args.repeats, sync)
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = paired_ratio(times, "rtk", "bound")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    timing = timing_summary(times, "rtk", "bound")
+    ratio = timing["ratio_rtk_over_reference"]
     result = {
         "benchmark": f"PGD-{args.steps} attack (rtk pgd) vs its physical bound ({args.steps + 1} forward+backward passes)",
         "model": "small-cnn [16, 32, 64] / 256", "batch_size": args.batch_size, "image_shape": [3, 32, 32],
-        "steps": args.steps, "eps": eps, "norm": "Linf", "repeats": args.repeats, "device": str(device),
-        "device_name": device_name, "torch_threads": args.threads, "python": platform.python_version(),
-        "torch": torch.__version__, "seconds": times, "median_seconds": medians, "ratio_rtk_over_reference": ratio,
-        "ratio_of_medians": medians["rtk"] / medians["bound"], "target": TARGET,
+        "steps": args.steps, "eps": eps, "norm": "Linf", "repeats": args.repeats, **environment, **timing, "target": TARGET,
         "target_semantics": f"rtk PGD-{args.steps} time / time of {args.steps + 1} forward+backward passes <= {TARGET}",
         "meets_target": ratio <= TARGET, "robust_accuracy": outputs["rtk"],
     }
     print(f"PGD-{args.steps} Linf eps={eps:g} on {args.batch_size} images 3x32x32, small-cnn [16, 32, 64] / 256,"
-          f" {device_name}, {args.repeats} repeats (alternating order)")
-    print(f"{'path':<40}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for name, label in [("rtk", f"rtk pgd attack, {args.steps} steps"), ("bound", f"{args.steps + 1} forward+backward passes")]:
-        print(f"{label:<40}{medians[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+          f" {environment['device_name']}, {args.repeats} repeats (alternating order)")
+    print_timings(times, {"rtk": f"rtk pgd attack, {args.steps} steps", "bound": f"{args.steps + 1} forward+backward passes"})
     verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
     print(f"ratio rtk / bound = {ratio:.3f}   target <= {TARGET}   {verdict}   (of medians {result['ratio_of_medians']:.3f})")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, result)
     return 0
 
 

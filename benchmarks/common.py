@@ -53,3 +53,68 @@ def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
     import statistics
 
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+
+
+def add_run_options(parser, repeats: int, device: bool = True) -> None:
+    """The options every benchmark takes: --repeats, --threads, --device (unless it is CPU-only), --json."""
+    from pathlib import Path
+
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed runs of each path (default {repeats})")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1: tiny ops thrash on more)")
+    if device:
+        parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--json", type=Path, help="write the results here")
+
+
+def setup(args):
+    """Apply --threads; (device, sync, environment) for --device, where sync waits for queued CUDA
+    work (a timing that did not would measure the launch, not the kernels) and environment is the
+    machine and versions every result records."""
+    import platform
+
+    import torch
+
+    from rtk.context import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(getattr(args, "device", "cpu"))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    environment = {"device": str(device), "device_name": name, "torch_threads": args.threads,
+                   "python": platform.python_version(), "torch": torch.__version__}
+    return device, sync, environment
+
+
+def timing_summary(times: dict, numerator: str, denominator: str) -> dict:
+    """Per-path seconds and medians, and the ratio of numerator over denominator three ways: the
+    headline paired ratio, and the ratios of medians and of minimums for comparison."""
+    import statistics
+
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"seconds": times, "median_seconds": medians,
+            "ratio_rtk_over_reference": paired_ratio(times, numerator, denominator),
+            "ratio_of_medians": medians[numerator] / medians[denominator],
+            "ratio_of_minimums": min(times[numerator]) / min(times[denominator])}
+
+
+def print_timings(times: dict, labels: dict) -> None:
+    """One line per path (labels: {path: text}): median, minimum and maximum seconds."""
+    import statistics
+
+    width = max(len(label) for label in labels.values()) + 4
+    print(f"{'path':<{width}}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, label in labels.items():
+        print(f"{label:<{width}}{statistics.median(times[name]):>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
+
+
+def write_json(args, result: dict) -> None:
+    """Write result to --json when given (what ``python -m benchmarks`` collects)."""
+    import json
+
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
