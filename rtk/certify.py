@@ -8,7 +8,9 @@ its shard, rank 0 summarises the gathered rows) and resumed (finished rows are k
   ``index`` (the example's position in ``data``), ``label``, ``prediction``, ``radius``,
   ``correct`` and ``seconds``.
 - ``summarize(rows, ctx) -> dict``: ``{"metrics": {...}, ...}`` stored under ``"certify"`` in
-  results.json; may write per-example files into ``ctx.out_dir``.
+  results.json; may write per-example files into ``ctx.out_dir``. The runner passes ``data``
+  as the evaluated subset of the test set and renumbers the rows' ``index`` to the examples'
+  indices in the test set before it calls ``summarize``.
 
 ``certify(model, data, ctx)`` (what the runner calls) is the two in sequence. A certifier may
 implement ``certify`` alone; the runner then cannot shard it.

@@ -36,13 +36,15 @@ ORDERS = ("independent", "sequential")
 
 
 def select_indices(total: int, n: int | None, subset: str, seed: int) -> torch.Tensor:
-    """Which test examples to evaluate: all, the first n, a seeded random n, or every k-th."""
+    """Which test examples to evaluate: all, the first n, a seeded random n, or n evenly spaced
+    over the whole set (as Cohen's --skip; a plain every-(total // n)-th would leave out the tail,
+    which in a class-ordered test set is whole classes)."""
     if n is None or n >= total:
         return torch.arange(total)
     if subset == "random":
         return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
     if subset == "stride":
-        return torch.arange(0, total, max(1, total // n))[:n]
+        return torch.arange(n) * total // n
     return torch.arange(n)
 
 

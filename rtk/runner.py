@@ -197,17 +197,26 @@ class Runner:
             model._rtk_compiled = True
         return model
 
-    def certify(self, certifier, model, data, ctx: RunContext):
-        """The certifier's results (on rank 0; None on the others). Under torchrun a per-example
-        Certifier certifies a strided shard on each rank, without a progress log (ctx.out_dir None:
-        only rank 0 writes), and rank 0 summarises the gathered rows; any other certifier runs on
-        rank 0 alone."""
-        if self.world.distributed and isinstance(certifier, Certifier):
+    def certify(self, certifier, model, test, indices: torch.Tensor, ctx: RunContext):
+        """The certifier's results on the test examples ``indices`` (on rank 0; None on the others).
+        A per-example Certifier's rows are renumbered from positions in that subset to test-set
+        indices before it summarises them, so its per-example file names the images themselves.
+        Under torchrun each rank certifies a strided shard, without a progress log (ctx.out_dir
+        None: only rank 0 writes), and rank 0 summarises the gathered rows; any other certifier
+        runs on rank 0 alone."""
+        data = test.subset(indices)
+        if not isinstance(certifier, Certifier):
+            return certifier.certify(model, data, ctx) if self.world.is_main else None
+        if self.world.distributed:
             shard = certifier.certify_examples(model, data, dataclasses.replace(ctx, out_dir=None),
                                                indices=distributed.shard_indices(len(data)))
-            rows = sorted((row for part in distributed.gather_objects(shard) for row in part), key=lambda r: r["index"])
-            return certifier.summarize(rows, ctx) if self.world.is_main else None
-        return certifier.certify(model, data, ctx) if self.world.is_main else None
+            rows = [row for part in distributed.gather_objects(shard) for row in part]
+        else:
+            rows = certifier.certify_examples(model, data, ctx)
+        if not self.world.is_main:
+            return None
+        rows = sorted(({**row, "index": int(indices[row["index"]])} for row in rows), key=lambda r: r["index"])
+        return certifier.summarize(rows, ctx)
 
     def dataset(self, spec: ComponentSpec) -> DataSplits:
         key = json.dumps([spec.name, to_table(spec.config)], sort_keys=True, default=str)
@@ -332,7 +341,7 @@ class Runner:
             if spec.certify is not None:
                 certifier = spec.certify.build()
                 with ctx.autocast("eval"):
-                    extra["certify"] = self.certify(certifier, model, target.test.subset(indices), ctx)
+                    extra["certify"] = self.certify(certifier, model, target.test, indices, ctx)
                 # A certifier's warnings (a sample too small to reach a radius) are flags of the run.
                 extra["flags"] = list(extra["flags"]) + [{"name": "certify-sample-size", "message": str(w), "source": "rtk"}
                                                          for w in (extra["certify"] or {}).get("warnings", [])]

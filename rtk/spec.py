@@ -42,7 +42,7 @@ class EvalConfig:
 
     batch_size: int = option(256, min=1, max=1_000_000, help="examples per attack batch")
     n: int | None = option(None, min=1, help="evaluate on n test examples (all when unset)")
-    subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or every k-th")
+    subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or n evenly spaced over the whole test set")
     subset_seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the random subset")
     attack_order: Literal["independent", "sequential"] = option("independent", help='"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case either way')
     per_class: bool = option(False, help='add clean, per-attack and robust accuracy of every class to the results ("per_class")')

@@ -11,8 +11,9 @@ from scipy.stats import beta, binom, binomtest
 from rtk import certify_report
 from rtk.configs import ConfigValueError, build_config
 from rtk.context import RunContext
-from rtk.data import ImageSet
+from rtk.data import ImageSet, apply_options
 from rtk.errors import RtkError
+from rtk_plugins.datasets import DigitsConfig, make_digits
 from rtk_plugins._lib.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
 from rtk_plugins.smoothing import CohenConfig, max_certifiable_radius, min_certify_n, min_predict_n
 from tests.conftest import TINY_RECIPE
@@ -262,6 +263,20 @@ def test_rtk_run_certifies_and_writes_rows(write_recipe, tmp_path, cli, one_thre
     assert "certify-sample-size" in [f["name"] for f in run["flags"]]  # the warning is a flag of the run
     assert all(r["radius"] <= certify["max_certifiable_radius"] + 1e-12 for r in rows)
     assert (out / "certify-0.png").is_file() and not (out / "eval-state").exists()
+
+
+def test_rows_name_test_set_images_when_a_subset_is_evaluated(write_recipe, tmp_path, cli, one_thread):
+    recipe = write_recipe(TINY_RECIPE + '\n[certify]\ncertifier = "cohen"\nn0 = 10\nn = 100\nbatch_size = 100\n'
+                                        'skip = 2\nmax_examples = 4\n')
+    out = tmp_path / "out"
+    result = cli("run", recipe, "--out", out, "--quiet", "--set", "eval.n=20", "--set", 'eval.subset="stride"')
+    assert result.exit_code == 0, result.stderr
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    rows = certify_report.read_tsv(out / run["certify"]["tsv"])
+    digits = build_config(DigitsConfig, {"classes": [5, 6, 7, 8, 9]})
+    total = len(apply_options(make_digits(digits), digits).test)  # the target's test set: 269 images
+    evaluated = [i * total // 20 for i in range(20)]  # eval.subset = "stride": 20 spread over the test set
+    assert [r["index"] for r in rows] == evaluated[0:8:2]  # skip 2 of those, the first 4; indices in the test set
 
 
 def test_rtk_run_resumed_mid_certification_keeps_finished_rows(write_recipe, tmp_path, monkeypatch, one_thread):

@@ -123,5 +123,8 @@ def test_subset_selection():
     assert select_indices(10, None, "first", 0).tolist() == list(range(10))
     assert select_indices(10, 3, "first", 0).tolist() == [0, 1, 2]
     assert select_indices(10, 5, "stride", 0).tolist() == [0, 2, 4, 6, 8]
+    # evenly spaced over the whole set, the tail included (a step of 1880 // 500 = 3 would stop at 1497)
+    spread = select_indices(1880, 500, "stride", 0)
+    assert len(spread) == len(set(spread.tolist())) == 500 and spread[0] == 0 and spread[-1] >= 1876
     a, b = select_indices(100, 10, "random", 1), select_indices(100, 10, "random", 1)
     assert a.equal(b) and len(a.unique()) == 10

@@ -183,6 +183,7 @@ class CohenCertifier(Certifier):
         tsv = f"certify-{ctx.run_index}.tsv"
         if out is not None:
             certify_report.write_tsv(out / tsv, rows)
+            self.partial_path(ctx).unlink(missing_ok=True)  # the TSV now holds every row
         result["tsv"] = tsv if out is not None else None
         if cfg.mode == "predict":
             result["metrics"] = {"clean_smoothed_accuracy": certify_report.certified_accuracy(rows, 0.0),
@@ -200,11 +201,6 @@ class CohenCertifier(Certifier):
         result["warnings"] = self.warnings()
         return result
 
-    def certify(self, model, data, ctx) -> dict:
-        result = self.summarize(self.certify_examples(model, data, ctx), ctx)
-        if ctx.out_dir is not None:  # the TSV now holds every row
-            self.partial_path(ctx).unlink(missing_ok=True)
-        return result
 
 
 def hash_labels(labels: torch.Tensor) -> str:
