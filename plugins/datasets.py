@@ -50,10 +50,13 @@ class MnistConfig(DatasetConfig):
 class CifarConfig(DatasetConfig):
     """CIFAR-10 / CIFAR-100 (50,000 train / 10,000 test, 3x32x32) from torchvision's python
     batches (ROOT/cifar-10-batches-py/ or ROOT/cifar-100-python/). Defaults: root = $RTK_DATA,
-    download = false."""
+    download = false, image_size = unset (32 px as stored)."""
 
     root: str | None = option(None, path=True, help=_ROOT_HELP.format(layout="cifar-10-batches-py/ or cifar-100-python/"))
     download: bool = option(False, help=_DOWNLOAD_HELP)
+    image_size: int | None = option(None, min=8, max=1024, help=(
+        "resize to image_size x image_size (bilinear) as images are read, so attacks and smoothing noise act at that size"
+        " (the transfer study: 224); unset keeps 32 px and lets the model resize inside, where an L2 radius means far more"))
 
 
 @dataclass

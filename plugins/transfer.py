@@ -61,7 +61,7 @@ class RetrainLastKConfig(TrainConfig):
     epochs: int = option(51, min=0, max=100_000, help="passes over the training set (51 x 391 steps ~ the paper's 20,000 iterations on CIFAR)")
     optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", help="optimizer (Sec. 3: momentum SGD)")
     lr: float = option(1e-3, min=0.0, help="learning rate (Sec. 3: 0.001)")
-    augment: Literal["none", "crop", "flip", "crop-flip"] = option("crop-flip", help="batch augmentation (Sec. 3: standard pad-4 crop + flip)")
+    augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("crop-flip", help="batch augmentation (Sec. 3: standard pad-4 crop + flip)")
     k: int = option(1, min=1, help="blocks to retrain, counted from the output: 1 = the head alone")
     reinit: bool = option(True, help="re-initialise the k blocks (reset_parameters of their layers; a fresh head) before training")
     bn: Literal["train", "frozen-stats"] = option("train", help="BatchNorm inside the retrained blocks: train (batch statistics, running statistics updated) or frozen-stats (eval mode, running statistics kept); BN in earlier layers is always frozen")

@@ -17,21 +17,34 @@ from rtk.errors import DataError
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Images held in memory: uint8 (scaled by 1/255 on access) or float in [0, 1], shape (N, C, H, W)."""
+    """Images held in memory: uint8 (scaled by 1/255 on access) or float in [0, 1], shape (N, C, H, W).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    ``size`` resizes each image to size x size (bilinear) as it is read, so that attacks and
+    smoothing noise act at that resolution (the study's 224-px CIFAR) while memory holds the
+    small originals; None keeps them as stored."""
+
+    size: int | None = None  # also for subclasses that hold other tensors (cached features)
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int | None = None):
         if images.ndim != 4:
             raise DataError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels.long()
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if self.size is None or tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        batch = x if x.ndim == 4 else x.unsqueeze(0)
+        resized = torch.nn.functional.interpolate(batch, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                  antialias=self.size < min(x.shape[-2:]))
+        return resized.clamp_(0.0, 1.0) if x.ndim == 4 else resized[0].clamp_(0.0, 1.0)
 
     def __getitem__(self, i):
         return self._to_float(self.images[i]), int(self.labels[i])
@@ -41,10 +54,10 @@ class ImageSet(torch.utils.data.Dataset):
         return self._to_float(self.images[indices]), self.labels[indices]
 
     def subset(self, indices: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[indices], self.labels[indices])
+        return ImageSet(self.images[indices], self.labels[indices], self.size)
 
     def relabel(self, labels: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images, labels)
+        return ImageSet(self.images, labels, self.size)
 
 
 class FileImageSet(torch.utils.data.Dataset):
@@ -101,7 +114,7 @@ def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Ge
     batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
     if part is not None:
         batches = [b[part(len(b))] for b in batches]
-    if isinstance(data, ImageSet) or num_workers == 0:
+    if isinstance(data, ImageSet) or getattr(data, "in_memory", False) or num_workers == 0:
         for b in batches:
             yield data.take(b) if len(b) else _empty(data, b)
         return
@@ -118,7 +131,7 @@ def owned_batches(data, batch_size: int, owns=lambda batch: True, *, num_workers
     through a DataLoader when ``num_workers > 0``."""
     n = len(data)
     starts = [start for b, start in enumerate(range(0, n, batch_size)) if owns(b)]
-    if isinstance(data, ImageSet) or num_workers == 0:
+    if isinstance(data, ImageSet) or getattr(data, "in_memory", False) or num_workers == 0:
         for start in starts:
             yield (start, *data.take(torch.arange(start, min(start + batch_size, n))))
         return

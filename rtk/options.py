@@ -38,5 +38,7 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, min=0.0, help="linear learning-rate warm-up over this many epochs, per step, before the schedule")
     adam_eps: float = option(1e-8, min=0.0, help="Adam/AdamW epsilon")
     adam_betas: list[float] = option(default_factory=lambda: [0.9, 0.999], help="Adam/AdamW betas")
-    augment: Literal["none", "crop", "flip", "crop-flip"] = option("none", help="batch augmentation (crop-flip = pad-4 random crop + horizontal flip)")
+    augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("none", help=(
+        "batch augmentation (crop-flip = pad-4 random crop + horizontal flip; resized-crop-flip = ImageNet-style"
+        " RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, back to the input size, + flip)"))
     checkpoint_every: int = option(0, min=0, help="also save a resumable training checkpoint every N steps (0: at the end of every epoch only)")

@@ -330,3 +330,24 @@ def test_torchvision_arrays_become_nchw_uint8(layout, shape):
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8 and images.is_contiguous()
     nchw = arrays.transpose(0, 3, 1, 2) if layout == "NHWC" else arrays
     assert torch.equal(images, torch.from_numpy(np.ascontiguousarray(nchw)))
+
+
+def test_a_resized_image_set_stays_resized_through_the_shared_options():
+    """CIFAR's image_size (the study's 224 px) is applied as images are read: class subsets,
+    validation splits and per-class subsets must all keep it."""
+    from rtk.data import DataSplits, ImageSet, apply_options
+    from rtk.options import DatasetConfig
+
+    images = (torch.rand(40, 3, 32, 32) * 255).to(torch.uint8)
+    labels = torch.arange(40) % 4
+    splits = DataSplits(ImageSet(images, labels, size=64), ImageSet(images[:8], labels[:8], size=64), num_classes=4)
+    out = apply_options(splits, DatasetConfig(classes=[1, 3], per_class=4, val_fraction=0.2))
+    for split in (out.train, out.val, out.test):
+        x, _ = split.take(torch.arange(len(split)))
+        assert x.shape[1:] == (3, 64, 64) and 0 <= x.min() and x.max() <= 1
+        assert split[0][0].shape == (3, 64, 64)
+    plain = ImageSet(images, labels)
+    assert plain.take(torch.arange(2))[0].shape == (2, 3, 32, 32)
+    big = ImageSet(images, labels, size=64).take(torch.arange(2))[0]
+    # bilinear upsampling keeps each image's mean (up to edge effects)
+    assert torch.allclose(big.mean((1, 2, 3)), plain.take(torch.arange(2))[0].mean((1, 2, 3)), atol=0.01)

@@ -125,6 +125,10 @@ def test_the_study_settings_are_the_papers():
     assert {k: t3["transfer"]["objective"][k] for k in ("sigma", "m", "lam", "eta")} == {"sigma": 0.5, "m": 2, "lam": 5.0, "eta": 0.5}
     assert (t3["transfer"]["lr"], t3["transfer"]["epochs"], t3["transfer"]["batch_size"], t3["transfer"]["milestones"]) == (0.01, 150, 64, [50, 100])
     assert (t3["certify"]["sigma"], t3["eval"]["n"], t3["eval"]["subset"]) == (0.5, 500, "stride")
+    for table in (t2, t3):  # the study's code: RandomResizedCrop(224) + flip for training, CIFAR read at 224 px
+        assert table["transfer"]["augment"] == "resized-crop-flip"
+        cifar = [t for t in table["sweep"]["target"] if t["dataset"].startswith("cifar")]
+        assert len(cifar) == 2 and all(t["image_size"] == 224 for t in cifar)
     t5 = tomllib.loads((REPO / "recipes" / "study_table5.toml").read_text())
     assert t5["transfer"]["strategy"] == "linear-probe" and t5["certify"]["sigma"] == 0.5
 

@@ -121,8 +121,10 @@ def load_cifar(config, classes: int) -> DataSplits:
     train, test = open_torchvision(name, layout, config.root, config.download,
                                    lambda root, split: cls(root, train=split == "train", download=config.download),
                                    ("train", "test"))
-    return DataSplits(to_image_set(train.data, train.targets, "NHWC", name), to_image_set(test.data, test.targets, "NHWC", name),
-                      num_classes=len(train.classes), class_names=list(train.classes), name=name)
+    splits = [to_image_set(split.data, split.targets, "NHWC", name) for split in (train, test)]
+    for split in splits:
+        split.size = config.image_size
+    return DataSplits(*splits, num_classes=len(train.classes), class_names=list(train.classes), name=name)
 
 
 def load_svhn(config) -> DataSplits:
