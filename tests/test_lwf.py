@@ -168,3 +168,21 @@ def test_rtk_run_lwf(write_recipe, tmp_path, cli):
     assert result.exit_code == 0, result.stderr
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert run["metrics"]["clean"] > 0.5  # five digit classes: chance is 0.2
+
+
+def test_indexed_batches_carry_example_indices_through_worker_processes_too():
+    """run.workers > 0 loads file-backed sets through a DataLoader: LwF's indexed view must
+    yield the same (images, index) batches there as in memory."""
+    from rtk.data import FileImageSet, ImageSet, iterate
+
+    images = torch.rand(10, 1, 4, 4)
+    labels = torch.arange(10) % 3
+    file_backed = FileImageSet([(images[i], int(labels[i])) for i in range(10)], labels)
+    in_memory = ImageSet(images, labels)
+    order = torch.Generator().manual_seed(0)
+    loaded = list(iterate(impl.Indexed(file_backed), 4, shuffle=True, generator=order, num_workers=1))
+    order = torch.Generator().manual_seed(0)
+    direct = list(iterate(impl.Indexed(in_memory), 4, shuffle=True, generator=order, num_workers=1))
+    assert [len(b[1]) for b in loaded] == [4, 4, 2]
+    for (x, idx), (x_mem, idx_mem) in zip(loaded, direct):
+        assert torch.equal(idx, idx_mem) and torch.allclose(x, images[idx]) and torch.allclose(x_mem, images[idx])

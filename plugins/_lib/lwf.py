@@ -13,20 +13,26 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from rtk.data import ImageSet
 from rtk.errors import RtkError
 from rtk.training import CrossEntropy, Objective, fit
 from rtk.transfer import FeatureSet, TransferStrategy, compute_features, set_trainable
 from rtk_plugins._lib.finetune import bn_layers
 
 
-class Indexed:
-    """``data`` whose batches carry each example's index in place of its label."""
+class Indexed(torch.utils.data.Dataset):
+    """``data`` whose batches carry each example's index in place of its label: batched through
+    ``take`` (in memory) or item by item through a DataLoader (file-backed, ``run.workers > 0``)."""
 
     def __init__(self, data):
         self.data = data
+        self.in_memory = isinstance(data, ImageSet)
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i][0], i
 
     def take(self, indices: torch.Tensor):
         images, _ = self.data.take(indices)
