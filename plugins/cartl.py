@@ -34,8 +34,8 @@ class CARTLFDMConfig:
     (so lam's effect grows with the batch size); ``"mean"`` divides by the batch size. Source
     training schedule of the paper (set in ``[source.train]``): SGD lr 0.1, momentum 0.9, wd
     5e-4, batch 128, 100 epochs, x0.2 at epochs 40/70/90, crop + flip (+ rotation 15 deg, which
-    rtk does not offer); the code's one-epoch linear warm-up is not applied to source training
-    (rtk's TrainConfig has no warm-up)."""
+    rtk does not offer) and the code's one-epoch linear warm-up (``warmup_epochs = 1``;
+    recipes/cartl_cifar.toml sets it)."""
 
     eps: float = option(8 / 255, min=0.0, help="Linf radius of the inner attack in [0, 1] pixel units")
     alpha: float = option(2 / 255, min=0.0, help="inner PGD step size")

@@ -33,9 +33,9 @@ class RanLIConfig(TrainConfig):
     - ``linear``: the head alone; eval.
 
     Defaults (the CIFAR configs, spec 4): batch 64, 20 epochs, the first ``warmup_epochs`` = 10
-    a linear warm-up then cosine to 0, lr 1e-4 (RoLI full fine-tuning; the other CIFAR rates:
-    RanLI full 5e-4, LoRA 1e-3, adapter 0.05, bias 5e-3, linear 0.05 for CIFAR-10 / 0.1 for
-    CIFAR-100), no augmentation, eps 8/255, 7 steps of 2/255. ``optimizer = "auto"``: AdamW
+    a linear warm-up then cosine to 0, lr 5e-4 (RanLI full fine-tuning, every dataset; ``roli``
+    defaults to its own 1e-4; the other CIFAR rates, set them per variant: LoRA 1e-3, adapter
+    0.05, bias 5e-3, linear 0.05 for CIFAR-10 / 0.1 for CIFAR-100), no augmentation, eps 8/255, 7 steps of 2/255. ``optimizer = "auto"``: AdamW
     (betas 0.9/0.999, eps ``adam_eps`` 1e-6) for every variant but ``linear``, which uses SGD
     momentum 0.9. ``weight_decay = 0.01`` on weights only, never on biases and norm parameters:
     the code hard-codes 0.01 for AdamW whatever its config says (spec 0.3c); here it is this
@@ -52,7 +52,7 @@ class RanLIConfig(TrainConfig):
     epochs: int = option(20, min=0, max=100_000, help="fine-tuning epochs (RoLI CIFAR: 20)")
     batch_size: int = option(64, min=1, max=1_000_000, help="examples per step (RoLI: 64)")
     optimizer: Literal["auto", "sgd", "adam", "adamw"] = option("auto", help="auto: AdamW, or SGD for variant linear (the code)")
-    lr: float = option(1e-4, min=0.0, help="fine-tuning learning rate (RoLI full fine-tuning on CIFAR: 1e-4)")
+    lr: float = option(5e-4, min=0.0, help="fine-tuning learning rate (RanLI full fine-tuning, every dataset: 5e-4)")
     weight_decay: float = option(0.01, min=0.0, help="decoupled weight decay on weights (the code hard-codes 0.01)")
     decay_bias_and_norm: bool = option(False, help="apply weight_decay to biases and normalization parameters too (RoLI: no)")
     schedule: Literal["constant", "cosine", "multistep"] = option("cosine", help="learning-rate schedule after the warm-up (RoLI: cosine to 0)")
@@ -83,8 +83,10 @@ class RoLIConfig(RanLIConfig):
     validation split ([target] val_fraction; RoLI's CIFAR split is 0.1) and the best epoch's
     head is kept. Stage 2 starts from exactly that head and is ``ranli``'s fine-tuning.
 
-    Defaults as ``ranli``; stage 1: lr 0.05 (CIFAR-10; 0.1 for CIFAR-100), weight decay 0.01,
-    20 epochs, PGD-10 validation."""
+    Defaults as ``ranli`` but the fine-tuning lr, 1e-4 (RoLI full fine-tuning on CIFAR); stage 1:
+    lr 0.05 (CIFAR-10; 0.1 for CIFAR-100), weight decay 0.01, 20 epochs, PGD-10 validation."""
+
+    lr: float = option(1e-4, min=0.0, help="stage 2 fine-tuning learning rate (RoLI full fine-tuning on CIFAR: 1e-4)")
 
     probe_lr: float = option(0.05, min=0.0, help="stage 1 SGD learning rate (RoLI CIFAR-10: 0.05)")
     probe_epochs: int = option(20, min=1, max=100_000, help="stage 1 epochs")

@@ -165,3 +165,11 @@ def test_roli_recipe_smoke_runs(cli, tmp_path, one_thread):
     result = cli("run", RECIPE, "--profile", "smoke", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_fine_tuning_rates_default_to_each_methods_own():
+    from rtk.configs import build_config
+
+    # spec 4: RanLI fine-tunes at 5e-4 on every dataset, RoLI's full fine-tuning on CIFAR at 1e-4
+    assert build_config(RanLIConfig, {}).lr == 5e-4 and build_config(RoLIConfig, {}).lr == 1e-4
+    assert build_config(RoLIConfig, {}).probe_lr == 0.05
