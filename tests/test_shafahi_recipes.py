@@ -1,6 +1,6 @@
 """The Shafahi et al. (arXiv:1905.08232) recipes: each validates as written and under its smoke
 profile; its paper numbers attach to the sweep points they belong to; the smoke profile runs end
-to end (slow)."""
+to end (seconds each, so in the fast suite)."""
 from __future__ import annotations
 
 import json
@@ -84,7 +84,6 @@ def test_table2_runs_only_the_papers_cells(tmp_path):
         assert half_source == ("classes" in p.raw["target"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_profile_runs_end_to_end(cli, tmp_path, one_thread, name):
     from rtk.plots import plot_run

@@ -133,7 +133,6 @@ def test_the_study_settings_are_the_papers():
     assert t5["transfer"]["strategy"] == "linear-probe" and t5["certify"]["sigma"] == 0.5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path, profile", SMOKE, ids=lambda v: getattr(v, "stem", v))
 def test_smoke_profile_runs_end_to_end(cli, tmp_path, one_thread, path, profile):
     out = tmp_path / "out"
