@@ -89,16 +89,18 @@ def test_neft_keeps_more_eps02_robustness_than_plain_finetuning(tmp_path, one_th
     # nearly all robustness (see the recipe's comment), which is pinned too.
     runs = run_mini(CARTL, tmp_path)
     plain, neft = runs["plain-ft"], runs["neft"]
-    assert plain["clean"] > 0.9 and neft["clean"] > 0.75  # measured 0.983 and 0.875
-    assert plain["PGD-20-eps0.2"] >= 0.1  # plain fine-tuning keeps some (0.235; a natural model: 0.000)
-    assert neft["PGD-20-eps0.2"] >= plain["PGD-20-eps0.2"] + 0.08  # half the measured gap (0.398 vs 0.235)
-    assert max(plain["PGD-20"], neft["PGD-20"]) <= 0.1  # eps 0.3: both lose it (0.013 / 0.027)
+    assert plain["clean"] > 0.9 and neft["clean"] > 0.75  # measured 0.983 and 0.875 / 0.883
+    assert plain["PGD-20-eps0.2"] >= 0.1  # plain fine-tuning keeps some (0.235 / 0.322; a natural model: 0.000)
+    # Two runs measured gaps of 0.16 (0.398 vs 0.235) and 0.09 (0.410 vs 0.322): 0.05 is above
+    # the ~0.03 noise of 1,000 images, which a NEFT that constrained nothing would stay within.
+    assert neft["PGD-20-eps0.2"] >= plain["PGD-20-eps0.2"] + 0.05
+    assert max(plain["PGD-20"], neft["PGD-20"]) <= 0.1  # eps 0.3: both lose it (0.013-0.020 / 0.024-0.027)
 
 
 @pytest.mark.slow
 def test_robust_head_start_beats_a_random_head(tmp_path, one_thread):
     runs = run_mini(ROLI, tmp_path)
     ranli, roli = runs["ranli"], runs["roli"]
-    assert ranli["clean"] > 0.7 and roli["clean"] > 0.7  # measured 0.817 and 0.870
+    assert ranli["clean"] > 0.7 and roli["clean"] > 0.7  # measured 0.817 / 0.844 and 0.870 / 0.875
     assert ranli["PGD-20"] >= 0.1  # adversarial fine-tuning from a random head still learns some robustness (0.219)
-    assert roli["PGD-20"] >= ranli["PGD-20"] + 0.07  # half the measured gap (0.355 vs 0.219)
+    assert roli["PGD-20"] >= ranli["PGD-20"] + 0.07  # half the measured gap (0.355 vs 0.219; re-run 0.360 vs 0.217)
