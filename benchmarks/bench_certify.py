@@ -24,28 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
+from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
 
 TARGET = 1.10
 
 
 def workload(args, device):
-    """(model in eval mode on ``device``, images on the CPU, labels)."""
-    import torch
+    """(model in eval mode on ``device``, images on the CPU, labels): bench_pgd's workload, the
+    trained digits CNN or a model on random images labelled with its own predictions."""
+    from benchmarks.bench_pgd import workload as pgd_workload
 
-    torch.manual_seed(0)
-    if args.data == "digits":
-        if args.model != "small-cnn":
-            raise SystemExit("--data digits trains the 1-channel small-cnn; use --data random for other models")
-        model, test = trained_digits_cnn(device)
-        images, labels = test.take(torch.arange(min(args.k, len(test))))
-        return model, images, labels
-    from benchmarks.bench_pgd import build_model
-
-    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
-    model = build_model(args.model, options, 10).to(device).eval()
-    images = torch.rand(args.k, 3, 32, 32)
-    return model, images, torch.randint(0, 10, (args.k,))
+    model, images, labels = pgd_workload(argparse.Namespace(data=args.data, model=args.model, n=args.k, batch_size=args.batch_size), device)
+    return model, images.cpu(), labels.cpu()
 
 
 def main(argv=None) -> int:
@@ -115,9 +105,7 @@ def main(argv=None) -> int:
           f" batch {args.batch_size} ({forwards} forward passes), {environment['device_name']}, {args.repeats} repeats"
           " (alternating order)")
     print_timings(times, {"rtk": "rtk cohen certify_examples", "plain": "plain forward passes (no counts)"})
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
-          f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
+    print_ratio(result, "rtk / plain")
     print(f"smoothed clean accuracy {summary['metrics']['clean_smoothed_accuracy']:.4f}, ACR {summary['metrics']['acr']:.4f};"
           f" summarize (TSV + plot) {summarize_seconds:.2f} s once")
     write_json(args, result)

@@ -22,7 +22,7 @@ import argparse
 import sys
 from fractions import Fraction
 
-from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
+from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
 
 TARGET = 1.05
 
@@ -119,9 +119,7 @@ def main(argv=None) -> int:
     print(f"PGD-{args.steps} evaluation, Linf eps={eps:g}, {len(test)} images ({args.data}), {args.model}, "
           f"batch {args.batch_size}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
     print_timings(times, {"rtk": "rtk evaluate + pgd", "plain": "plain torchattacks.PGD loop"})
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk / plain = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios; of medians"
-          f" {result['ratio_of_medians']:.3f}, of minimums {result['ratio_of_minimums']:.3f})")
+    print_ratio(result, "rtk / plain")
     print(f"clean accuracy {clean:.4f}   robust accuracy rtk {robust['rtk']:.4f}, plain {robust['plain']:.4f}"
           f" (same on both paths: {result['same_robust_accuracy']})")
     write_json(args, result)

@@ -25,7 +25,7 @@ import argparse
 import sys
 from fractions import Fraction
 
-from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, write_json
+from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
 
 TARGET = 1.05
 
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     print(f"PGD-{args.steps} Linf eps={eps:g} on {args.batch_size} images 3x32x32, small-cnn [16, 32, 64] / 256,"
           f" {environment['device_name']}, {args.repeats} repeats (alternating order)")
     print_timings(times, {"rtk": f"rtk pgd attack, {args.steps} steps", "bound": f"{args.steps + 1} forward+backward passes"})
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk / bound = {ratio:.3f}   target <= {TARGET}   {verdict}   (of medians {result['ratio_of_medians']:.3f})")
+    print_ratio(result, "rtk / bound")
     write_json(args, result)
     return 0
 

@@ -111,6 +111,15 @@ def print_timings(times: dict, labels: dict) -> None:
         print(f"{label:<{width}}{statistics.median(times[name]):>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
 
 
+def print_ratio(result: dict, what: str) -> None:
+    """The headline line: ``what`` (e.g. "rtk / plain") = the paired ratio, its target and verdict,
+    and the ratios of medians and minimums beside it."""
+    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
+    print(f"ratio {what} = {result['ratio_rtk_over_reference']:.3f}   target <= {result['target']}   {verdict}"
+          f"   (median of per-repeat ratios; of medians {result['ratio_of_medians']:.3f},"
+          f" of minimums {result['ratio_of_minimums']:.3f})")
+
+
 def write_json(args, result: dict) -> None:
     """Write result to --json when given (what ``python -m benchmarks`` collects)."""
     import json
