@@ -35,11 +35,11 @@ class RanLIConfig(TrainConfig):
     Defaults (the CIFAR configs, spec 4): batch 64, 20 epochs, the first ``warmup_epochs`` = 10
     a linear warm-up then cosine to 0, lr 5e-4 (RanLI full fine-tuning, every dataset; ``roli``
     defaults to its own 1e-4; the other CIFAR rates, set them per variant: LoRA 1e-3, adapter
-    0.05, bias 5e-3, linear 0.05 for CIFAR-10 / 0.1 for CIFAR-100), no augmentation, eps 8/255, 7 steps of 2/255. ``optimizer = "auto"``: AdamW
-    (betas 0.9/0.999, eps ``adam_eps`` 1e-6) for every variant but ``linear``, which uses SGD
-    momentum 0.9. ``weight_decay = 0.01`` on weights only, never on biases and norm parameters:
-    the code hard-codes 0.01 for AdamW whatever its config says (spec 0.3c); here it is this
-    option's default.
+    0.05, bias 5e-3, linear 0.05 for CIFAR-10 / 0.1 for CIFAR-100), no augmentation, eps 8/255,
+    7 steps of 2/255. ``optimizer = "auto"``: AdamW (betas 0.9/0.999, eps ``adam_eps`` 1e-6) for
+    every variant but ``linear``, which uses SGD momentum 0.9. ``weight_decay = 0.01`` on weights
+    only, never on biases and norm parameters: the code hard-codes 0.01 for AdamW whatever its
+    config says (spec 0.3c); here it is this option's default.
 
     Deliberate differences from the code, each because the code's behaviour defeats its intent:
     LoRA and adapters start from ``"standard"`` inits (the code's all-zero inits, spec 0.3a/b,

@@ -12,8 +12,10 @@ its shard, rank 0 summarises the gathered rows) and resumed (finished rows are k
   as the evaluated subset of the test set and renumbers the rows' ``index`` to the examples'
   indices in the test set before it calls ``summarize``.
 
-``certify(model, data, ctx)`` (what the runner calls) is the two in sequence. A certifier may
-implement ``certify`` alone; the runner then cannot shard it.
+``certify(model, data, ctx)`` is the two in sequence, for callers outside a run; the runner calls
+``certify_examples`` and ``summarize`` itself, so a subclass puts any clean-up in ``summarize``.
+A certifier that does not subclass ``Certifier`` may implement ``certify`` alone; the runner then
+calls that, on rank 0, and cannot shard it.
 """
 from __future__ import annotations
 

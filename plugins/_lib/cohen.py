@@ -202,7 +202,6 @@ class CohenCertifier(Certifier):
         return result
 
 
-
 def hash_labels(labels: torch.Tensor) -> str:
     import hashlib
 
