@@ -20,6 +20,26 @@ def mnist_root() -> Path | None:
     return None
 
 
+def require_mnist() -> Path:
+    """mnist_root(), or skip the test when MNIST is absent."""
+    root = mnist_root()
+    if root is None:
+        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
+    return root
+
+
+def run_on_mnist(path: Path, out: Path) -> list[dict]:
+    """Run a recipes/mini recipe as shipped, its datasets read from mnist_root(); its runs'
+    results. Skips the test when MNIST is absent."""
+    from rtk.recipe import load_recipe
+    from rtk.registry import default_registry
+    from rtk.runner import Runner
+
+    root = require_mnist()
+    recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])
+    return Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
+
+
 @pytest.fixture
 def cli():
     """Invoke the rtk CLI in-process: cli("run", path, ...) -> click Result (stdout, stderr, exit_code)."""

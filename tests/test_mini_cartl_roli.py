@@ -16,10 +16,9 @@ import pytest
 
 from rtk.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
 from rtk.spec import resolve
 from rtk_plugins.roli import RanLIConfig
-from tests.conftest import REPO, mnist_root
+from tests.conftest import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 CARTL, ROLI = MINI / "cartl_neft.toml", MINI / "roli_head.toml"
@@ -75,12 +74,7 @@ def test_smoke_profiles_are_small():
 
 def run_mini(path, out) -> dict[str, dict[str, float]]:
     """Run a recipe as shipped on MNIST; metrics by sweep-point id."""
-    root = mnist_root()
-    if root is None:
-        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
-    recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])
-    runs = Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
-    return {run["id"]: run["metrics"] for run in runs}
+    return {run["id"]: run["metrics"] for run in run_on_mnist(path, out)}
 
 
 @pytest.mark.slow

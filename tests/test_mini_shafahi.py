@@ -12,9 +12,8 @@ import pytest
 
 from rtk.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
 from rtk.spec import resolve
-from tests.conftest import REPO, mnist_root
+from tests.conftest import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 RECIPES = {"frozen_features", "retrain_blocks", "lwf", "mlp_head"}
@@ -48,12 +47,7 @@ def test_smoke_profile_is_small_and_full_recipe_is_the_calibrated_setup(path):
 
 def run_mini(name: str, out) -> dict[str, dict[str, float]]:
     """Run recipes/mini/shafahi_NAME.toml as shipped on MNIST; metrics by sweep-point id."""
-    root = mnist_root()
-    if root is None:
-        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
-    recipe = load_recipe(MINI / f"shafahi_{name}.toml", overrides=[f"source.data.root={root}", f"target.root={root}"])
-    runs = Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
-    return {run["id"]: run["metrics"] for run in runs}
+    return {run["id"]: run["metrics"] for run in run_on_mnist(MINI / f"shafahi_{name}.toml", out)}
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rtk.recipe import load_recipe
-from tests.conftest import REPO, mnist_root
+from tests.conftest import REPO, require_mnist
 
 MINI = sorted((REPO / "recipes" / "mini").glob("*.toml"))
 
@@ -20,9 +20,7 @@ def test_there_are_eight_mini_recipes():
 @pytest.mark.data
 @pytest.mark.parametrize("path", MINI, ids=lambda p: p.stem)
 def test_mini_smoke_profile_runs_on_mnist(cli, tmp_path, one_thread, path):
-    root = mnist_root()
-    if root is None:
-        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
+    root = require_mnist()
     out = tmp_path / "out"
     result = cli("run", path, "--profile", "smoke", "--out", out, "--quiet",
                  "--set", f"source.data.root={json.dumps(str(root))}", "--set", f"target.root={json.dumps(str(root))}")

@@ -13,10 +13,9 @@ import pytest
 
 from rtk.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
 from rtk.spec import resolve
 from rtk_plugins.smoothing import max_certifiable_radius
-from tests.conftest import REPO, mnist_root
+from tests.conftest import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 NOISE = MINI / "study_noise_certifies.toml"
@@ -75,13 +74,8 @@ def test_last_layer_recipe_retrains_only_a_fresh_head_with_each_objective():
 def run_mini(path, out) -> dict[tuple[str, ...], dict]:
     """Run a recipe as shipped on MNIST; each run's clean accuracy and certify metrics, keyed by
     the names of its swept objectives."""
-    root = mnist_root()
-    if root is None:
-        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
-    recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])
-    runs = Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
     return {tuple(value["name"] for value in run["params"].values()):
-            {"clean": run["metrics"]["clean"], **run["certify"]["metrics"]} for run in runs}
+            {"clean": run["metrics"]["clean"], **run["certify"]["metrics"]} for run in run_on_mnist(path, out)}
 
 
 @pytest.mark.slow
