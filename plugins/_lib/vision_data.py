@@ -87,8 +87,9 @@ def open_torchvision(dataset: str, layout: Layout, root: str | None, download: b
     return opened
 
 
-def to_image_set(images, labels, layout: str, dataset: str) -> ImageSet:
-    """An in-memory uint8 (N, C, H, W) ImageSet from arrays laid out as ``NHW``, ``NHWC`` or ``NCHW``."""
+def to_image_set(images, labels, layout: str, dataset: str, size: int | None = None) -> ImageSet:
+    """An in-memory uint8 (N, C, H, W) ImageSet from arrays laid out as ``NHW``, ``NHWC`` or ``NCHW``,
+    resized to ``size`` as it is read (ImageSet's ``size``)."""
     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     y = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
     if x.dtype != torch.uint8 or len(x) != len(y):
@@ -100,7 +101,7 @@ def to_image_set(images, labels, layout: str, dataset: str) -> ImageSet:
         x = x.permute(0, 3, 1, 2)
     elif layout != "NCHW":
         raise ValueError(f"unknown layout {layout!r}")
-    return ImageSet(x.contiguous(), y.long())
+    return ImageSet(x.contiguous(), y.long(), size)
 
 
 def load_mnist(config) -> DataSplits:
@@ -121,9 +122,7 @@ def load_cifar(config, classes: int) -> DataSplits:
     train, test = open_torchvision(name, layout, config.root, config.download,
                                    lambda root, split: cls(root, train=split == "train", download=config.download),
                                    ("train", "test"))
-    splits = [to_image_set(split.data, split.targets, "NHWC", name) for split in (train, test)]
-    for split in splits:
-        split.size = config.image_size
+    splits = [to_image_set(split.data, split.targets, "NHWC", name, size=config.image_size) for split in (train, test)]
     return DataSplits(*splits, num_classes=len(train.classes), class_names=list(train.classes), name=name)
 
 
