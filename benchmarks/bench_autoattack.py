@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import torch
     from pyautoattack import AutoAttack
 
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
     from rtk.registry import default_registry
 
     _, _, environment = setup(args)

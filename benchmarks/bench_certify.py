@@ -52,10 +52,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rtk.configs import build_config
-    from rtk.context import RunContext
+    from rtk.config.fields import build_config
+    from rtk.stages.context import RunContext
     from rtk.data import ImageSet
-    from rtk_plugins._lib.cohen import CohenCertifier
+    from rtk_plugins.smoothing.cohen import CohenCertifier
     from rtk_plugins.smoothing import CohenConfig
 
     device, sync, environment = setup(args)

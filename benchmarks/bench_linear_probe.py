@@ -37,11 +37,11 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from rtk.configs import build_config
-    from rtk.context import RunContext
+    from rtk.config.fields import build_config
+    from rtk.stages.context import RunContext
     from rtk.data import DataSplits, ImageSet, iterate
     from rtk.registry import default_registry
-    from rtk.training import make_optimizer
+    from rtk.stages.training import make_optimizer
 
     device, sync, environment = setup(args)
     registry = default_registry()

@@ -6,7 +6,7 @@ side by side in one process.
 LwF (Shafahi et al., arXiv:1905.08232, Sec. 6) adds lambda_d * mean ||z - z0||_1 to the loss;
 with z0 cached its extra cost per step is an index lookup and one distance on (batch, d)
 features, so the target is rtk-LwF / plain <= 1.10 (a second source forward per step would
-cost about 1.3x). rtk's own fine-tuning epoch (rtk.training.fit with CrossEntropy) is timed
+cost about 1.3x). rtk's own fine-tuning epoch (rtk.stages.training.fit with CrossEntropy) is timed
 too, for reference. The paths alternate which runs first; the ratio is the median of the
 per-repeat ratios. The one-off z0 pass is timed separately.
 
@@ -61,11 +61,11 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from rtk.configs import build_config
-    from rtk.context import RunContext
-    from rtk.training import CrossEntropy, fit
-    from rtk.transfer import compute_features
-    from rtk_plugins._lib.lwf import train_all_weights
+    from rtk.config.fields import build_config
+    from rtk.stages.context import RunContext
+    from rtk.stages.training import CrossEntropy, fit
+    from rtk.stages.strategy import compute_features
+    from rtk_plugins.lwf.strategy import train_all_weights
     from rtk_plugins.lwf import LwFConfig
     from rtk_plugins.transfer import FinetuneConfig
 

@@ -1,4 +1,4 @@
-"""rtk's PGD-20 evaluation (rtk.evaluation.evaluate with the ``pgd`` attack, sanity checks off)
+"""rtk's PGD-20 evaluation (rtk.evaluation.robust_accuracy.evaluate with the ``pgd`` attack, sanity checks off)
 against a plain torchattacks.PGD loop over the same batches: wall time, side by side in one process.
 
 Both paths do the same work: a clean forward pass per batch, PGD on the clean-correct examples
@@ -28,7 +28,7 @@ TARGET = 1.05
 
 
 def build_model(name: str, options: dict, num_classes: int):
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
     from rtk.registry import default_registry
 
     component, variant = default_registry().resolve("model", name)
@@ -69,16 +69,16 @@ def main(argv=None) -> int:
     import torch
     import torchattacks
 
-    from rtk.configs import build_config
-    from rtk.context import RunContext
+    from rtk.config.fields import build_config
+    from rtk.stages.context import RunContext
     from rtk.data import ImageSet
-    from rtk.evaluation import evaluate, seed_batch
+    from rtk.evaluation.robust_accuracy import evaluate, seed_batch
     from rtk.registry import default_registry
 
     device, sync, environment = setup(args)
     eps = float(Fraction(args.eps))
     model, images, labels = workload(args, device)
-    test = ImageSet(images.cpu(), labels.cpu())  # rtk.evaluation moves each batch to the device, as in a run
+    test = ImageSet(images.cpu(), labels.cpu())  # rtk.evaluation.robust_accuracy moves each batch to the device, as in a run
     component = default_registry().get("attack", "pgd")
     config = build_config(component.config, {"eps": eps, "steps": args.steps})
     alpha = eps / 4  # the pgd plugin's Linf default, given to the plain loop too
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     timing = timing_summary(times, "rtk", "plain")
     ratio = timing["ratio_rtk_over_reference"]
     result = {
-        "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.evaluate vs a plain torchattacks.PGD loop",
+        "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.robust_accuracy.evaluate vs a plain torchattacks.PGD loop",
         "model": args.model, "data": args.data, "n": len(test), "batch_size": args.batch_size, "eps": eps,
         "steps": args.steps, "norm": "Linf", "repeats": args.repeats, **environment, **timing,
         "target": TARGET, "meets_target": ratio <= TARGET, "clean_accuracy": clean, "robust_accuracy": robust,

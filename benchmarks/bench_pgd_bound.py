@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
     from rtk.registry import default_registry
 
     device, sync, environment = setup(args)

@@ -7,7 +7,7 @@ def trained_digits_cnn(device="cpu"):
     import torch
     import torch.nn.functional as F
 
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
     from rtk_plugins.datasets import DigitsConfig, make_digits
     from rtk_plugins.models import SmallCNNConfig, make_small_cnn
 
@@ -74,7 +74,7 @@ def setup(args):
 
     import torch
 
-    from rtk.context import resolve_device
+    from rtk.stages.context import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", "cpu"))

@@ -1,5 +1,6 @@
 """rtk's built-in plugins, registered through the ``rtk`` entry-point group like any third-party plugin.
 
-Each top-level module is one plugin (one family of components) and is light to import; the
-torch-heavy implementations live in ``rtk_plugins._lib`` and are imported by the factories.
+One folder per method or family: its ``__init__`` holds the configs and the register lines (light
+to import, no torch), the implementation sits beside it and is imported only when a component is
+built (``register(name, "rtk_plugins.family.module:Name", ...)``).
 """

@@ -107,8 +107,8 @@ def cli(debug):
 @handle_errors
 def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic):
     """Run RECIPE: train or load the source, transfer, evaluate, certify; write results to --out."""
-    from rtk.recipe import load_recipe
-    from rtk.runner import Runner
+    from rtk.config.recipe import load_recipe
+    from rtk.stages.runner import Runner
 
     if resume and out is None:
         fail("--resume needs --out DIR, the folder of the interrupted run")
@@ -156,7 +156,7 @@ def eval_command(**options):
       rtk eval --model wrn-28-10 --weights w.safetensors --dataset cifar10 \\
         --attack autoattack --eps 8/255 --n 1000
     """
-    from rtk.eval_command import run_eval
+    from rtk.evaluation.command import run_eval
 
     run_eval(registry(), console, err_console, **options)
 
@@ -168,8 +168,8 @@ def eval_command(**options):
 @handle_errors
 def validate(recipe, overrides, profile):
     """Check RECIPE (and every sweep point) against the installed plugins without running it."""
-    from rtk.recipe import load_recipe, paper_for
-    from rtk.spec import resolve
+    from rtk.config.recipe import load_recipe, paper_for
+    from rtk.config.spec import resolve
 
     loaded = load_recipe(recipe, profile, list(overrides))
     specs = resolve(loaded, registry())
@@ -186,7 +186,7 @@ def validate(recipe, overrides, profile):
 @handle_errors
 def plot(run_dir, x_key, metrics, out):
     """Plot RUN_DIR/results.json: each metric against the swept parameter, paper numbers as hollow markers."""
-    from rtk.plots import plot as draw
+    from rtk.services.plots import plot as draw
 
     console.print(f"plot: {draw(run_dir, x_key, list(metrics), out)}")
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from rtk.options import DatasetConfig  # noqa: F401  (re-exported: plugins subclass it)
+from rtk.config.schema import DatasetConfig  # noqa: F401  (re-exported: plugins subclass it)
 from rtk.errors import DataError
 
 
@@ -103,7 +103,7 @@ def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Ge
             num_workers: int = 0, pin_memory: bool = False, part=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (images, labels) on the CPU; in-memory sets are sliced without a DataLoader.
 
-    ``part(n)`` (a slice; rtk.distributed.split_batch) keeps only that part of each batch of
+    ``part(n)`` (a slice; rtk.services.distributed.split_batch) keeps only that part of each batch of
     ``n`` before loading, so a rank of a distributed job loads only its share; a part may be
     empty. File-backed sets load through a DataLoader with ``num_workers`` worker processes and
     ``pin_memory`` when ``num_workers > 0``; in-memory sets ignore both (slicing a tensor in the
@@ -127,7 +127,7 @@ def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Ge
 def owned_batches(data, batch_size: int, owns=lambda batch: True, *, num_workers: int = 0,
                   pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(start, images, labels)`` of the consecutive batches ``b`` of ``data`` with ``owns(b)``
-    (rtk.distributed.owns_batch: a rank's round-robin share), in order; file-backed sets load
+    (rtk.services.distributed.owns_batch: a rank's round-robin share), in order; file-backed sets load
     through a DataLoader when ``num_workers > 0``."""
     n = len(data)
     starts = [start for b, start in enumerate(range(0, n, batch_size)) if owns(b)]

@@ -17,7 +17,7 @@ callback, and the plugin calls ``register`` for each component it provides::
   hook for its extra arguments and what it must return).
 - ``config``: a dataclass whose fields are the component's recipe options; field defaults
   are the component's defaults and ``metadata["help"]`` documents each field
-  (``rtk list-plugins --options NAME`` shows them). Use :func:`rtk.configs.option`.
+  (``rtk list-plugins --options NAME`` shows them). Use :func:`rtk.config.fields.option`.
 - ``summary``: one line shown by ``rtk list-plugins``.
 
 Import heavy libraries (torch models, timm, torchattacks, scipy) inside factories so that
@@ -51,7 +51,7 @@ def register_datasets(register):
 def register_attacks(register):
     """Register adversarial attacks.
 
-    factory(config) -> rtk.attacks.Attack: declares ``norm`` and ``eps`` and maps
+    factory(config) -> rtk.evaluation.attacks.Attack: declares ``norm`` and ``eps`` and maps
     (model, images, labels) to adversarial images inside the threat model and [0, 1].
     """
 
@@ -60,7 +60,7 @@ def register_attacks(register):
 def register_objectives(register):
     """Register training objectives (losses used to train a source or fine-tune a model).
 
-    factory(config) -> rtk.training.Objective: ``loss(model, images, labels) -> scalar``.
+    factory(config) -> rtk.stages.training.Objective: ``loss(model, images, labels) -> scalar``.
     """
 
 
@@ -68,9 +68,9 @@ def register_objectives(register):
 def register_transfer_strategies(register):
     """Register transfer strategies (how a source model is adapted to the target task).
 
-    factory(config) -> rtk.transfer.TransferStrategy:
+    factory(config) -> rtk.stages.strategy.TransferStrategy:
     ``transfer(model, data, ctx, objective) -> model`` where ``data`` is the target
-    rtk.data.DataSplits, ``ctx`` the rtk.context.RunContext and ``objective`` the objective
+    rtk.data.DataSplits, ``ctx`` the rtk.stages.context.RunContext and ``objective`` the objective
     named in ``[transfer.objective]`` (or None).
     """
 
@@ -80,7 +80,7 @@ def register_certifiers(register):
     """Register certifiers (provable robustness, e.g. randomized smoothing).
 
     factory(config) -> object with ``certify(model, data, ctx) -> dict`` (``data`` the test set) returning
-    JSON-serialisable results (summary metrics under "metrics"). Subclass ``rtk.certify.Certifier``
+    JSON-serialisable results (summary metrics under "metrics"). Subclass ``rtk.evaluation.certifier.Certifier``
     (per-example ``certify_examples`` + ``summarize``) so that runs can shard and resume it.
     """
 

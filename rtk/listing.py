@@ -5,7 +5,7 @@ import json
 
 from rich.table import Table
 
-from rtk.configs import describe
+from rtk.config.fields import describe
 from rtk.errors import UnknownComponentError
 from rtk.registry import KINDS, Registry
 

@@ -165,7 +165,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    from rtk.results import atomic_write
+    from rtk.services.results import atomic_write
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     try:

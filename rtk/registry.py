@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,19 +22,60 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What a component of each kind may declare when it registers, with the defaults.
+TRAITS: dict[str, dict[str, Any]] = {
+    "model": {},
+    "dataset": {},
+    "attack": {
+        # The config fields the sanity checks may change, by role: {"eps": field, "steps": field,
+        # "restarts": field}. A role left out is never varied (its check is skipped).
+        "sanity_fields": {},
+        # A score-based attack without gradients: the reference the white-box attacks are compared with.
+        "black_box": False,
+    },
+    "objective": {},
+    # Whether the strategy trains with [transfer.objective]; rtk validate rejects one it would ignore.
+    "strategy": {"takes_objective": False},
+    "certifier": {},
+}
+
+
 @dataclass(frozen=True)
 class EmptyConfig:
     """A component without options."""
+
+
+def load_factory(target: str) -> Callable[..., Any]:
+    """The callable that ``"package.module:Name"`` names, imported now (not when it was registered)."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        value = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f'cannot import the factory "{target}": {exc}') from None
+    return value
 
 
 @dataclass(frozen=True)
 class Component:
     kind: str
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str  # a factory, or "package.module:Name" imported when first built
     config: type
     summary: str
     plugin: PluginInfo
+    traits: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """The factory; a lazy ``"package.module:Name"`` is imported here, so listing and
+        validating recipes import none of the plugins' heavy code."""
+        return load_factory(self.target) if isinstance(self.target, str) else self.target
+
+    def trait(self, name: str):
+        """What the component declared when it registered (``TRAITS`` lists each kind's)."""
+        return self.traits.get(name, TRAITS[self.kind][name])
 
     @property
     def wildcard(self) -> bool:
@@ -65,9 +107,18 @@ class Registry:
                 impl.function(register=self._register_callback(kind, info))
 
     def _register_callback(self, kind: str, info: PluginInfo):
-        def register(name: str, factory, config: type | None = None, summary: str = "", replace: bool = False):
+        def register(name: str, factory, config: type | None = None, summary: str = "", replace: bool = False,
+                     **traits):
             if not isinstance(name, str) or not name:
                 raise PluginError(f'plugin "{info.name}" registered a {KINDS[kind][1]} without a name')
+            unknown = sorted(set(traits) - set(TRAITS[kind]))
+            if unknown:
+                valid = ", ".join(TRAITS[kind]) or "none"
+                raise PluginError(f'plugin "{info.name}": {KINDS[kind][1]} "{name}" declares {", ".join(unknown)};'
+                                  f" a {KINDS[kind][1]} may declare: {valid}")
+            if isinstance(factory, str) and ":" not in factory:
+                raise PluginError(f'plugin "{info.name}": factory of {KINDS[kind][1]} "{name}" must be a callable or'
+                                  f' "package.module:Name", got "{factory}"')
             config = config or EmptyConfig
             if not dataclasses.is_dataclass(config):
                 raise PluginError(f'plugin "{info.name}": config of {KINDS[kind][1]} "{name}" must be a dataclass')
@@ -78,8 +129,10 @@ class Registry:
                     f" {info.name} ({info.distribution} {info.version}); rename one, pass replace=True"
                     " in the plugin that should win, or disable one with RTK_DISABLE_PLUGINS"
                 )
-            summary_line = (summary or (factory.__doc__ or "")).strip().splitlines()
-            self.components[kind][name] = Component(kind, name, factory, config, summary_line[0] if summary_line else "", info)
+            doc = "" if isinstance(factory, str) else factory.__doc__ or ""
+            summary_line = (summary or doc).strip().splitlines()
+            self.components[kind][name] = Component(kind, name, factory, config,
+                                                    summary_line[0] if summary_line else "", info, traits)
 
         return register
 

@@ -31,9 +31,9 @@ def require_mnist() -> Path:
 def run_on_mnist(path: Path, out: Path) -> list[dict]:
     """Run a recipes/mini recipe as shipped, its datasets read from mnist_root(); its runs'
     results. Skips the test when MNIST is absent."""
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
     from rtk.registry import default_registry
-    from rtk.runner import Runner
+    from rtk.stages.runner import Runner
 
     root = require_mnist()
     recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])

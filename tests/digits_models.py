@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rtk.configs import build_config
+from rtk.config.fields import build_config
 from rtk_plugins.datasets import DigitsConfig, make_digits
 from rtk_plugins.models import SmallCNNConfig, make_small_cnn
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtk.configs import build_config
+from rtk.config.fields import build_config
 from rtk.errors import RtkError
-from rtk.evaluation import check_threat_model
+from rtk.evaluation.robust_accuracy import check_threat_model
 from rtk.registry import default_registry
 from tests.digits_models import small_cnn, train_digits_cnn
 from tests.conftest import TINY_RECIPE
@@ -122,7 +122,7 @@ def test_eps_zero_keeps_clean_accuracy(case, trained):
 
 
 def test_cw_loss_matches_the_formula_and_clips_at_kappa():
-    from rtk_plugins._lib.attacks_gradient import cw_loss
+    from rtk_plugins.attacks.gradient import cw_loss
 
     logits = torch.tensor([[5.0, 1.0, 2.0], [1.0, 9.0, 3.0], [0.0, 5.0, 1.0], [100.0, 0.0, 10.0]])
     labels = torch.tensor([0, 2, 0, 0])

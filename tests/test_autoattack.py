@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.configs import ConfigValueError, build_config
-from rtk.evaluation import check_threat_model
+from rtk.config.fields import ConfigValueError, build_config
+from rtk.evaluation.robust_accuracy import check_threat_model
 from rtk.registry import default_registry
-from rtk_plugins._lib import autoattack_backend as backend_module
-from rtk_plugins._lib.autoattack_backend import reference_autoattack, torchattacks_autoattack
-from rtk_plugins.autoattack import AutoAttackConfig
+from rtk_plugins.attacks import autoattack as backend_module
+from rtk_plugins.attacks.autoattack import reference_autoattack, torchattacks_autoattack
+from rtk_plugins.attacks import AutoAttackConfig
 from tests.digits_models import small_cnn, train_digits_cnn
 
 EPS = 0.15  # Linf on digits (pixels in steps of 1/16): leaves a point or two that survive all four attacks
@@ -186,7 +186,7 @@ def test_check_warnings_without_a_logger_become_flags():
 
     from pyautoattack import checks
 
-    from rtk_plugins._lib.autoattack_backend import Flags, captured_checks
+    from rtk_plugins.attacks.autoattack import Flags, captured_checks
 
     flags = Flags()
     with pytest.warns(UserWarning, match="unrelated"):

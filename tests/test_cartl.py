@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.data import DataSplits, ImageSet
 from rtk.errors import RtkError
-from rtk_plugins._lib.cartl_fdm import FeatureDistanceMinimization
-from rtk_plugins._lib.neft import NEFT, ConvexWideBasic, constrained_layers
-from rtk_plugins._lib.pgd import torchattacks_pgd
-from rtk_plugins._lib.wrn import wide_resnet
+from rtk_plugins.cartl.fdm import FeatureDistanceMinimization
+from rtk_plugins.cartl.neft import NEFT, ConvexWideBasic, constrained_layers
+from rtk_plugins.attacks.pgd import torchattacks_pgd
+from rtk_plugins.models.wrn import wide_resnet
 from rtk_plugins.cartl import CARTLFDMConfig, NEFTConfig
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cartl_cifar.toml"
@@ -130,7 +130,7 @@ def test_neft_rebuild_recreates_the_folded_architecture(one_thread):
 
 
 def test_neft_head_init_uniform01_and_convex_error_for_other_models(one_thread):
-    from rtk_plugins._lib.small_cnn import small_cnn
+    from rtk_plugins.models.small_cnn import small_cnn
 
     strategy = NEFT(NEFTConfig(k=2))
     model = strategy.rebuild(tiny_wrn(), 5)
@@ -154,7 +154,7 @@ def test_cartl_recipe_smoke_runs(cli, tmp_path, one_thread):
 
 
 def test_cartl_recipe_pairs_each_source_with_its_transfer():
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
 
     points = load_recipe(RECIPE).points()
     runs = {p.id: (p.raw["source"]["objective"], p.raw["transfer"]) for p in points}

@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy.stats import beta, binom, binomtest
 
-from rtk import certify_report
-from rtk.configs import ConfigValueError, build_config
-from rtk.context import RunContext
+from rtk_plugins.smoothing import report as certify_report
+from rtk.config.fields import ConfigValueError, build_config
+from rtk.stages.context import RunContext
 from rtk.data import ImageSet, apply_options
 from rtk.errors import RtkError
 from rtk_plugins.datasets import DigitsConfig, make_digits
-from rtk_plugins._lib.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
+from rtk_plugins.smoothing.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
 from rtk_plugins.smoothing import CohenConfig, max_certifiable_radius, min_certify_n, min_predict_n
 from tests.conftest import TINY_RECIPE
 
@@ -280,9 +280,9 @@ def test_rows_name_test_set_images_when_a_subset_is_evaluated(write_recipe, tmp_
 
 
 def test_rtk_run_resumed_mid_certification_keeps_finished_rows(write_recipe, tmp_path, monkeypatch, one_thread):
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
     from rtk.registry import default_registry
-    from rtk.runner import Runner
+    from rtk.stages.runner import Runner
 
     recipe = write_recipe(TINY_RECIPE + '\n[certify]\ncertifier = "cohen"\nn0 = 10\nn = 100\nbatch_size = 100\nmax_examples = 6\n')
     real = CohenCertifier.certify_one

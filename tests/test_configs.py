@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from rtk.configs import ConfigValueError, build_config, describe, option, parse_number
+from rtk.config.fields import ConfigValueError, build_config, describe, option, parse_number
 
 
 @dataclass

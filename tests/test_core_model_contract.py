@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.attacks import Attack, model_mode
+from rtk.evaluation.attacks import Attack, model_mode
 from rtk.augment import augment
-from rtk.configs import build_config
+from rtk.config.fields import build_config
 from rtk.errors import RtkError, WeightsError
-from rtk.evaluation import check_threat_model, select_indices
+from rtk.evaluation.robust_accuracy import check_threat_model, select_indices
 from rtk.models import load_weights, read_state_dict, save_weights
 from rtk_plugins.models import SmallCNNConfig, make_small_cnn
 

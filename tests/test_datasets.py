@@ -323,7 +323,7 @@ def test_mnist_label_count_mismatch_is_a_data_error(tiny_mnist):
 def test_torchvision_arrays_become_nchw_uint8(layout, shape):
     import numpy as np
 
-    from rtk_plugins._lib.vision_data import to_image_set
+    from rtk_plugins.datasets.vision_data import to_image_set
 
     arrays = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     images = to_image_set(arrays, [0, 1, 2, 3], layout, "cifar10").images
@@ -336,7 +336,7 @@ def test_a_resized_image_set_stays_resized_through_the_shared_options():
     """CIFAR's image_size (the study's 224 px) is applied as images are read: class subsets,
     validation splits and per-class subsets must all keep it."""
     from rtk.data import DataSplits, ImageSet, apply_options
-    from rtk.options import DatasetConfig
+    from rtk.config.schema import DatasetConfig
 
     images = (torch.rand(40, 3, 32, 32) * 255).to(torch.uint8)
     labels = torch.arange(40) % 4

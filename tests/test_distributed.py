@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.data import ImageSet
-from rtk.options import TrainConfig
-from rtk.recipe import load_recipe
+from rtk.config.schema import TrainConfig
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
-from rtk.training import fit
+from rtk.stages.runner import Runner
+from rtk.stages.training import fit
 from tests.conftest import REPO, TINY_RECIPE
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -97,10 +97,10 @@ def test_two_processes_give_the_results_of_one(tmp_path, one_thread):
 
 SHARDS = '''
 import json, sys, torch
-from rtk import distributed
-from rtk.context import RunContext
-from rtk.evaluation import evaluate
-from rtk.training import fit
+from rtk.services import distributed
+from rtk.stages.context import RunContext
+from rtk.evaluation.robust_accuracy import evaluate
+from rtk.stages.training import fit
 from tests.test_distributed import Recorder, linear_model, workload
 
 torch.set_num_threads(1)

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import rtk
-from rtk.attacks import Attack
-from rtk.configs import option
-from rtk.context import RunContext
+from rtk.evaluation.attacks import Attack
+from rtk.config.fields import option
+from rtk.stages.context import RunContext
 from rtk.data import apply_options
 from rtk.errors import RtkError
-from rtk.evaluation import EvalState, evaluate
-from rtk.recipe import load_recipe
+from rtk.evaluation.robust_accuracy import EvalState, evaluate
+from rtk.config.recipe import load_recipe
 from rtk.registry import registry_with, using
-from rtk.runner import Runner
+from rtk.stages.runner import Runner
 from tests.conftest import TINY_RECIPE
 from tests.kill_helpers import kill_cli_at_marker
 
@@ -241,7 +241,7 @@ def test_flags_reach_results(trained, fake_registry, cli, tmp_path):
 
 
 def test_sanity_flags_appear_when_on(trained, digits):
-    from rtk.sanity import SanityAttack
+    from rtk.evaluation.sanity import SanityAttack
     from rtk_plugins.attacks import PGDConfig, make_pgd
 
     config = PGDConfig(eps=0.1, steps=2)
@@ -250,7 +250,7 @@ def test_sanity_flags_appear_when_on(trained, digits):
         result = evaluate(noisy, digits.test, [("PGD", make_pgd(config))], ctx(), 10, torch.arange(20),
                           sanity_attacks=[SanityAttack("PGD", config, make_pgd)], sanity_n=10)
     except NotImplementedError:
-        pytest.skip("rtk.sanity.sanity_checks is not implemented yet")
+        pytest.skip("rtk.evaluation.sanity.sanity_checks is not implemented yet")
     assert result["flags"] and all({"name", "message"} <= set(flag) for flag in result["flags"])
 
 

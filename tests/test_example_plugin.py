@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.data import DataSplits, ImageSet
 from rtk.errors import RtkError
-from rtk.evaluation import check_threat_model
+from rtk.evaluation.robust_accuracy import check_threat_model
 from rtk.models import RtkModel
 from rtk.plugins import load_plugins
 from rtk.registry import Registry
@@ -90,7 +90,7 @@ def test_disable_plugins_hides_the_example(installed, monkeypatch, blocked):
 
 
 def test_configs_document_every_option_and_their_defaults(plugin):
-    from rtk.configs import describe
+    from rtk.config.fields import describe
 
     for config in (plugin.UniformNoiseConfig, plugin.NearestClassMeanConfig):
         assert all(row["help"] for row in describe(config))
@@ -289,7 +289,7 @@ def test_nearest_class_mean_never_predicts_a_class_without_examples(plugin):
 
 
 def test_nearest_class_mean_rejects_a_transfer_objective(plugin):
-    from rtk.training import CrossEntropy
+    from rtk.stages.training import CrossEntropy
 
     strategy = plugin.make_nearest_class_mean(plugin.NearestClassMeanConfig())
     with pytest.raises(RtkError, match="trains nothing"):

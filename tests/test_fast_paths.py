@@ -7,13 +7,13 @@ import gc
 import pytest
 import torch
 
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.data import FileImageSet, iterate
 from rtk.errors import RtkError
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
-from rtk.transfer import compute_features
+from rtk.stages.runner import Runner
+from rtk.stages.strategy import compute_features
 from tests.conftest import TINY_RECIPE
 
 RECIPE = TINY_RECIPE.replace("n = 60", "n = 60\nsanity = false")
@@ -24,7 +24,7 @@ def run(path, out, *overrides):
 
 
 def small_cnn():
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
     from rtk_plugins.models import SmallCNNConfig, make_small_cnn
 
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def test_bf16_training_and_channels_last_run_on_cpu(write_recipe, tmp_path, one_
 
 
 def test_training_autocast_leaves_evaluation_in_float32(one_thread):
-    from rtk.evaluation import evaluate
+    from rtk.evaluation.robust_accuracy import evaluate
 
     model, test = small_cnn(), digits().test
     plain = evaluate(model, test, [], RunContext(show_progress=False), 128)

@@ -13,8 +13,8 @@ import pytest
 import tomli_w
 
 from rtk.errors import OutputError
-from rtk.locking import LOCK_NAME, OutputLock
-from rtk.results import atomic_write_text
+from rtk.services.locking import LOCK_NAME, OutputLock
+from rtk.services.results import atomic_write_text
 from tests.conftest import TINY_RECIPE
 
 WEIGHTS_RECIPE = """
@@ -55,7 +55,7 @@ def lock_holder(tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f"""
         import sys, time
-        from rtk.locking import OutputLock
+        from rtk.services.locking import OutputLock
         OutputLock({str(out)!r}).acquire()
         print("locked", flush=True)
         time.sleep(120)
@@ -96,9 +96,9 @@ def test_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_runner_holds_the_lock_while_running_and_releases_it(tiny_recipe, tmp_path, monkeypatch, one_thread):
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
     from rtk.registry import default_registry
-    from rtk.runner import Runner
+    from rtk.stages.runner import Runner
 
     out = tmp_path / "out"
     runner = Runner(load_recipe(tiny_recipe, None, ["source.train.epochs=1", "transfer.epochs=1", "eval.n=10",
@@ -167,7 +167,7 @@ def test_full_disk_while_saving_weights(tmp_path, monkeypatch):
 
 
 def test_other_os_errors_are_one_line(cli, tiny_recipe, tmp_path, monkeypatch):
-    from rtk.runner import Runner
+    from rtk.stages.runner import Runner
 
     def prepare(self):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "x.bin"))
@@ -206,8 +206,8 @@ def test_unwritable_output_simulated(cli, tiny_recipe, tmp_path, monkeypatch):
 def _small_cnn_weights(path: Path) -> Path:
     from rtk.models import save_weights
     from rtk.registry import default_registry
-    from rtk.spec import resolve
-    from rtk.recipe import load_recipe
+    from rtk.config.spec import resolve
+    from rtk.config.recipe import load_recipe
 
     recipe_path = path.parent / "make.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def test_corrupt_source_weights_name_the_file(cli, write_recipe, tmp_path, damag
 
 def _interrupted_run(tmp_path: Path, recipe: Path) -> Path:
     """The folder a run killed during evaluation leaves: header, pending run info, target checkpoint."""
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
 
     out = tmp_path / "out"
     (out / "eval-state").mkdir(parents=True)

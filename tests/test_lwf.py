@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-import rtk.training
-import rtk_plugins._lib.lwf as impl
-from rtk.configs import ConfigValueError, build_config
-from rtk.context import RunContext
+import rtk.stages.training
+import rtk_plugins.lwf.strategy as impl
+from rtk.config.fields import ConfigValueError, build_config
+from rtk.stages.context import RunContext
 from rtk.errors import RtkError
 from rtk.models import RtkModel
-from rtk.training import CrossEntropy
+from rtk.stages.training import CrossEntropy
 from rtk_plugins.lwf import LwFConfig, make_lwf
 from tests.conftest import TINY_RECIPE
 from tests.test_transfer_strategies import bn_affine, bn_buffers, bn_cnn, changed, digits_target, snapshot
@@ -84,14 +84,14 @@ def test_phase_one_trains_only_the_head():
 
 def test_phase_two_uses_a_fresh_optimizer_over_all_weights(monkeypatch):
     built = []
-    real = rtk.training.make_optimizer
+    real = rtk.stages.training.make_optimizer
 
     def recording(params, cfg):
         optimizer = real(params, cfg)
         built.append(({id(p) for group in optimizer.param_groups for p in group["params"]}, len(optimizer.state), optimizer))
         return optimizer
 
-    monkeypatch.setattr(rtk.training, "make_optimizer", recording)
+    monkeypatch.setattr(rtk.stages.training, "make_optimizer", recording)
     model = bn_cnn()
     before = snapshot(model)
     lwf(model, digits_target(), epochs=2)

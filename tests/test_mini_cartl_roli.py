@@ -14,9 +14,9 @@ import dataclasses
 
 import pytest
 
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.spec import resolve
+from rtk.config.spec import resolve
 from rtk_plugins.roli import RanLIConfig
 from tests.conftest import REPO, run_on_mnist
 

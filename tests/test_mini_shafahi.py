@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.spec import resolve
+from rtk.config.spec import resolve
 from tests.conftest import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"

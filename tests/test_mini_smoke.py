@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from tests.conftest import REPO, require_mnist
 
 MINI = sorted((REPO / "recipes" / "mini").glob("*.toml"))

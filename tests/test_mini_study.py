@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.spec import resolve
+from rtk.config.spec import resolve
 from rtk_plugins.smoothing import max_certifiable_radius
 from tests.conftest import REPO, run_on_mnist
 

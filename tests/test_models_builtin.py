@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtk.configs import ConfigValueError, build_config
+from rtk.config.fields import ConfigValueError, build_config
 from rtk.errors import RecipeError, UnknownComponentError, WeightsError
 from rtk.models import load_weights, save_weights
 from rtk_plugins import models as builtin
@@ -120,7 +120,7 @@ def test_wrn_presets_block_counts(cls, blocks, params):
 def test_wrn_32_10_is_madrys_model():
     from torch import nn
 
-    from rtk_plugins._lib.wrn import PerImageStandardize, TFSameConv2d, WideBasic
+    from rtk_plugins.models.wrn import PerImageStandardize, TFSameConv2d, WideBasic
 
     with torch.device("meta"):
         model = builtin.make_wrn(builtin.WRN32x10Config(), 10)
@@ -147,7 +147,7 @@ def test_wrn_depth_to_units_mapping():
 
 
 def test_pad_shortcut_pools_then_pads_channels_evenly():
-    from rtk_plugins._lib.wrn import WideBasic
+    from rtk_plugins.models.wrn import WideBasic
 
     unit = WideBasic(4, 12, 2, slope=0.1, dropout=0.0, shortcut="pad", activate_before_residual=False,
                      tf_padding=True, bn_eps=1e-3)
@@ -159,7 +159,7 @@ def test_pad_shortcut_pools_then_pads_channels_evenly():
 
 
 def test_tf_same_padding_pads_bottom_right_at_stride_2():
-    from rtk_plugins._lib.wrn import TFSameConv2d
+    from rtk_plugins.models.wrn import TFSameConv2d
 
     conv = TFSameConv2d(1, 1, 3, stride=2, bias=False)
     torch.nn.init.ones_(conv.weight)
@@ -171,7 +171,7 @@ def test_tf_same_padding_pads_bottom_right_at_stride_2():
 
 
 def test_per_image_standardization_matches_tensorflow():
-    from rtk_plugins._lib.wrn import PerImageStandardize
+    from rtk_plugins.models.wrn import PerImageStandardize
 
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     x[1] = 0.5  # constant image: TF floors the std at 1/sqrt(N)
@@ -300,7 +300,7 @@ def test_timm_pretrained_offline_fails_fast(monkeypatch, tmp_path):
 def test_timm_pretrained_unreachable_hub_fails_fast(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from rtk_plugins._lib import timm_wrap
+    from rtk_plugins.timm_models import timm_wrap
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                 "all_proxy", "ALL_PROXY"):

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from rtk.configs import build_config
-from rtk.context import RunContext
+from rtk.config.fields import build_config
+from rtk.stages.context import RunContext
 from rtk.data import ImageSet
-from rtk.options import TrainConfig
-from rtk.training import fit
-from rtk_plugins._lib import tensor_augment as A
-from rtk_plugins._lib.simclr import nt_xent
+from rtk.config.schema import TrainConfig
+from rtk.stages.training import fit
+from rtk_plugins.objectives import tensor_augment as A
+from rtk_plugins.objectives.simclr import nt_xent
 from rtk_plugins.objectives import (FreeATConfig, PGDATConfig, SimCLRConfig, TRADESConfig, make_free_at, make_pgd_at,
                                     make_simclr, make_trades)
 from tests.conftest import TINY_RECIPE
@@ -183,7 +183,7 @@ def test_trades_attack_mode_decides_whether_bn_statistics_move(one_thread):
 # --- pgd-at ---------------------------------------------------------------------------------
 
 def test_pgd_at_step_defaults_and_the_study_setting(write_recipe, cli):
-    from rtk_plugins._lib.pgd import step_size
+    from rtk_plugins.attacks.pgd import step_size
 
     assert step_size("Linf", 8 / 255, 7, PGDATConfig().alpha) == pytest.approx(2 / 255)
     assert step_size("L2", 0.5, 3, None) == pytest.approx(2.5 * 0.5 / 3)
@@ -354,7 +354,7 @@ def test_rtk_run_trains_a_source_with_each_new_objective(objective, write_recipe
 
 @pytest.mark.slow
 def test_free_at_on_digits_is_more_robust_than_natural_training_with_the_same_steps(one_thread):
-    from rtk.training import CrossEntropy
+    from rtk.stages.training import CrossEntropy
     from rtk_plugins.attacks import PGDConfig, make_pgd
     from rtk_plugins.datasets import DigitsConfig, make_digits
 

@@ -1,4 +1,4 @@
-"""`rtk plot` and rtk.plots: series equal the results, a real PNG is written, errors are one line."""
+"""`rtk plot` and rtk.services.plots: series equal the results, a real PNG is written, errors are one line."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from rtk.plots import plot_run, plot_series
+from rtk.services.plots import plot_run, plot_series
 
 LAMBDAS = [1e-7, 1e-3, 5e-3, 0.1]
 

@@ -8,7 +8,7 @@ import pytest
 
 import rtk
 import rtk.registry
-from rtk.configs import option
+from rtk.config.fields import option
 from rtk.errors import PluginError, UnknownComponentError
 from rtk.plugins import load_plugins
 from rtk.registry import Registry, registry_with
@@ -46,7 +46,8 @@ def fake_distribution(tmp_path, dist: str, entry: str, module_source: str, modul
 def test_every_builtin_module_has_an_entry_point():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     declared = set(pyproject["project"]["entry-points"]["rtk"].values())
-    modules = {f"rtk_plugins.{p.stem}" for p in (REPO / "plugins").glob("*.py") if not p.stem.startswith("_")}
+    modules = {f"rtk_plugins.{p.parent.name}" for p in (REPO / "plugins").glob("*/__init__.py")}
+    assert modules, "no plugin folders found under plugins/"
     assert modules == declared
 
 

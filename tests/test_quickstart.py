@@ -1,8 +1,8 @@
 """The quickstart as shipped shows the paper's first finding (Shafahi et al. 2020, arXiv:1905.08232):
 robustness transfers through frozen robust features and not through natural ones."""
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
+from rtk.stages.runner import Runner
 from tests.conftest import REPO
 
 

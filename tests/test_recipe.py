@@ -2,9 +2,9 @@
 import pytest
 
 from rtk.errors import RecipeError
-from rtk.recipe import load_recipe, paper_for, parse_value
+from rtk.config.recipe import load_recipe, paper_for, parse_value
 from rtk.registry import default_registry
-from rtk.spec import resolve
+from rtk.config.spec import resolve
 from tests.conftest import REPO, TINY_RECIPE
 
 

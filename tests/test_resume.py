@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import rtk
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.errors import RtkError
 from rtk.models import read_state_dict
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import registry_with, using
-from rtk.runner import Runner
-from rtk.training import CrossEntropy, fit
+from rtk.stages.runner import Runner
+from rtk.stages.training import CrossEntropy, fit
 from tests.conftest import TINY_RECIPE
 from tests.kill_helpers import kill_cli_at_marker
 
@@ -48,7 +48,7 @@ def register_objectives(register):
 
 
 def register_transfer_strategies(register):
-    import rtk_plugins._lib.probe as probe
+    import rtk_plugins.transfer.probe as probe
     from rtk_plugins.transfer import LinearProbeConfig
 
     class HangingProbe(probe.LinearProbe):
@@ -160,11 +160,11 @@ def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_pa
     assert not (out / "train-state" / "source-0.pt").exists()  # dropped once the source was saved
     assert torch.load(out / "train-state" / "transfer-0.pt", weights_only=True)["epoch"] == 1
     assert (out / "checkpoints" / "source-0.json").is_file()  # the finished source's info, saved after its weights
-    import rtk.runner
+    import rtk.stages.runner
 
     trained = []
-    real_fit = rtk.runner.fit
-    monkeypatch.setattr(rtk.runner, "fit", lambda *a, **k: trained.append(k.get("description")) or real_fit(*a, **k))
+    real_fit = rtk.stages.runner.fit
+    monkeypatch.setattr(rtk.stages.runner, "fit", lambda *a, **k: trained.append(k.get("description")) or real_fit(*a, **k))
     resume(recipe, registry, out)
     assert not any(d.startswith("source") for d in trained)  # the finished source is loaded, not trained again
     same_run(out, uninterrupted)
@@ -224,7 +224,7 @@ class Scripted(CrossEntropy):
 
 
 def test_mid_epoch_checkpoint_resumes_bit_identically_with_augmentation(tmp_path):
-    from rtk.options import TrainConfig
+    from rtk.config.schema import TrainConfig
 
     data, ctx = tiny_data(), RunContext(show_progress=False)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", augment="crop-flip", checkpoint_every=3)
@@ -243,7 +243,7 @@ def test_mid_epoch_checkpoint_resumes_bit_identically_with_augmentation(tmp_path
 
 
 def test_nan_loss_names_the_last_checkpoint(tmp_path):
-    from rtk.options import TrainConfig
+    from rtk.config.schema import TrainConfig
 
     ctx = RunContext(show_progress=False, checkpoint_dir=tmp_path, train_stage="transfer")
     cfg = TrainConfig(epochs=2, batch_size=8)  # 7 steps an epoch

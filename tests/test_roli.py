@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.context import RunContext
+from rtk.stages.context import RunContext
 from rtk.data import DataSplits, ImageSet
 from rtk.errors import RtkError
-from rtk_plugins._lib.roli import RoLI
-from rtk_plugins._lib.timm_wrap import timm_model
+from rtk_plugins.roli.strategy import RoLI
+from rtk_plugins.timm_models.timm_wrap import timm_model
 from rtk_plugins.roli import RanLIConfig, RoLIConfig
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "roli_cifar.toml"
@@ -141,7 +141,7 @@ def test_rebuild_recreates_the_architecture_for_resume(one_thread, variant):
 
 
 def test_warmup_then_cosine_factor():
-    from rtk.training import make_schedule
+    from rtk.stages.training import make_schedule
 
     cfg = RanLIConfig(epochs=4, warmup_epochs=2, schedule="cosine")
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -168,7 +168,7 @@ def test_roli_recipe_smoke_runs(cli, tmp_path, one_thread):
 
 
 def test_fine_tuning_rates_default_to_each_methods_own():
-    from rtk.configs import build_config
+    from rtk.config.fields import build_config
 
     # spec 4: RanLI fine-tunes at 5e-4 on every dataset, RoLI's full fine-tuning on CIFAR at 1e-4
     assert build_config(RanLIConfig, {}).lr == 5e-4 and build_config(RoLIConfig, {}).lr == 1e-4

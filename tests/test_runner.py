@@ -9,10 +9,10 @@ import torch
 
 import rtk
 import rtk.registry
-from rtk.configs import option
-from rtk.recipe import load_recipe
+from rtk.config.fields import option
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry, registry_with
-from rtk.runner import Runner
+from rtk.stages.runner import Runner
 from tests.conftest import TINY_RECIPE
 
 
@@ -92,8 +92,8 @@ def test_robust_is_the_per_example_worst_case(write_recipe, tmp_path):
     text = TINY_RECIPE + '\n[[eval.attacks]]\nname = "pgd"\nlabel = "PGD-L2"\nnorm = "L2"\neps = 0.5\nsteps = 5\n'
     runner = Runner(load_recipe(write_recipe(text)), default_registry(), tmp_path / "out", show_progress=False)
     spec = runner.specs[0]
-    from rtk.context import RunContext
-    from rtk.evaluation import evaluate
+    from rtk.stages.context import RunContext
+    from rtk.evaluation.robust_accuracy import evaluate
 
     runner.run()
     run = runner.runs[0]["metrics"]

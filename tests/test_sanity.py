@@ -1,4 +1,4 @@
-"""Sanity flags (rtk.sanity): a healthy model raises none; masked, random and buggy setups raise theirs."""
+"""Sanity flags (rtk.evaluation.sanity): a healthy model raises none; masked, random and buggy setups raise theirs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtk.attacks import Attack
-from rtk.configs import option
-from rtk.context import RunContext
-from rtk.sanity import SanityAttack, sanity_checks
-from rtk.sanity_checks import Sample, check_black_box
+from rtk.evaluation.attacks import Attack
+from rtk.config.fields import option
+from rtk.stages.context import RunContext
+from rtk.evaluation.sanity import SanityAttack, sanity_checks
+from rtk.evaluation.sanity import Sample, check_black_box
 from rtk_plugins.attacks import PGDConfig, make_pgd
 from tests.digits_models import train_digits_cnn
 

@@ -46,7 +46,7 @@ def test_recipe_validates_with_and_without_smoke(cli, tmp_path, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_numbers_attach_to_their_sweep_points(tmp_path, name):
-    from rtk.recipe import load_recipe, paper_for
+    from rtk.config.recipe import load_recipe, paper_for
 
     recipe = load_recipe(with_placeholder_weights(REPO / "recipes" / f"{name}.toml", tmp_path))
     points = recipe.points()
@@ -60,7 +60,7 @@ def test_paper_numbers_attach_to_their_sweep_points(tmp_path, name):
 
 
 def test_table1_cases_evaluate_each_source_on_its_own_dataset(tmp_path):
-    from rtk.recipe import load_recipe
+    from rtk.config.recipe import load_recipe
 
     points = load_recipe(REPO / "recipes" / "shafahi_table1.toml").points()
     assert len(points) == 6 and all("transfer" not in p.raw for p in points)
@@ -72,7 +72,7 @@ def test_table1_cases_evaluate_each_source_on_its_own_dataset(tmp_path):
 
 
 def test_table2_runs_only_the_papers_cells(tmp_path):
-    from rtk.recipe import load_recipe, paper_for
+    from rtk.config.recipe import load_recipe, paper_for
 
     recipe = load_recipe(with_placeholder_weights(REPO / "recipes" / "shafahi_table2.toml", tmp_path))
     points = recipe.points()
@@ -86,7 +86,7 @@ def test_table2_runs_only_the_papers_cells(tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_profile_runs_end_to_end(cli, tmp_path, one_thread, name):
-    from rtk.plots import plot_run
+    from rtk.services.plots import plot_run
 
     out = tmp_path / "run"
     result = cli("run", REPO / "recipes" / f"{name}.toml", "--profile", "smoke", "--out", out, "--quiet")

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from rtk.configs import ConfigValueError, build_config
-from rtk.context import RunContext
+from rtk.config.fields import ConfigValueError, build_config
+from rtk.stages.context import RunContext
 from rtk.data import ImageSet
-from rtk.options import TrainConfig
+from rtk.config.schema import TrainConfig
 from rtk.registry import default_registry
-from rtk.training import fit
-from rtk_plugins._lib.noise_training import consistency_term
+from rtk.stages.training import fit
+from rtk_plugins.smoothing.noise_training import consistency_term
 
 
 def objective(name, **options):
@@ -178,7 +178,7 @@ def test_configs_state_the_defaults_and_refuse_one_noise_copy():
 def test_noise_training_beats_natural_training_under_smoothing(one_thread):
     """Digits, small CNN, 15 epochs each, certified at sigma 0.5 on 90 test digits: the ordering
     of the papers (natural < Gaussian <= consistency), with margins far above seed noise for the first."""
-    from rtk_plugins._lib.cohen import CohenCertifier
+    from rtk_plugins.smoothing.cohen import CohenCertifier
     from rtk_plugins.datasets import DigitsConfig, make_digits
     from rtk_plugins.models import SmallCNNConfig, make_small_cnn
     from rtk_plugins.smoothing import CohenConfig

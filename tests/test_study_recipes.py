@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from rtk.recipe import load_recipe, paper_for
+from rtk.config.recipe import load_recipe, paper_for
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("study_table*.toml"))

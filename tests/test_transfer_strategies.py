@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.configs import ConfigValueError, build_config
-from rtk.context import RunContext
+from rtk.config.fields import ConfigValueError, build_config
+from rtk.stages.context import RunContext
 from rtk.data import DataSplits, ImageSet, iterate
 from rtk.errors import RtkError
 from rtk.models import Normalize, RtkModel
-from rtk.recipe import load_recipe
+from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
-from rtk.runner import Runner
-from rtk.training import CrossEntropy
+from rtk.stages.runner import Runner
+from rtk.stages.training import CrossEntropy
 from rtk_plugins.transfer import FinetuneConfig, LinearProbeConfig, MLPHeadConfig, RetrainLastKConfig, make_finetune, make_linear_probe, make_mlp_head, make_retrain_last_k
 from tests.conftest import TINY_RECIPE
 
@@ -210,7 +210,7 @@ def test_retrain_last_k_larger_than_the_model_names_its_block_count():
 
 
 def test_reinit_refuses_parameters_no_layer_resets():
-    from rtk_plugins._lib.retrain_last_k import reinitialise
+    from rtk_plugins.transfer.retrain_last_k import reinitialise
 
     block = nn.Module()
     block.scale = nn.Parameter(torch.ones(3))
@@ -254,7 +254,7 @@ def test_mlp_head_architecture(layers, batchnorm, dropout):
 
 
 def test_mlp_head_caches_features_once(monkeypatch):
-    import rtk_plugins._lib.mlp_head as impl
+    import rtk_plugins.transfer.mlp_head as impl
 
     calls = []
     real = impl.compute_features
@@ -342,25 +342,25 @@ def test_rtk_run_with_each_strategy(table, write_recipe, tmp_path, cli):
 def test_mlp_head_run_resumes_from_the_saved_checkpoint(write_recipe, tmp_path, cli, monkeypatch):
     """A run stopped after the transfer finished (during evaluation) resumes by rebuilding the MLP head
     and loading the saved target weights, without training again, and reports what an uninterrupted run does."""
-    import rtk.runner
-    import rtk_plugins._lib.mlp_head as impl
+    import rtk.stages.runner
+    import rtk_plugins.transfer.mlp_head as impl
 
     recipe = write_recipe(swapped('strategy = "mlp-head"\nepochs = 3\nhidden_layers = 2\nwidth = 32\nbatchnorm = true'))
     whole = tmp_path / "whole"
     assert cli("run", recipe, "--out", whole, "--quiet").exit_code == 0
     out = tmp_path / "out"
-    real_evaluate = rtk.runner.evaluate
+    real_evaluate = rtk.stages.runner.evaluate
 
     def interrupted(model, data, attacks, *args, **kwargs):
         if attacks:  # the target's evaluation, not the source's clean accuracy
             raise RuntimeError("stopped during evaluation")
         return real_evaluate(model, data, attacks, *args, **kwargs)
 
-    monkeypatch.setattr(rtk.runner, "evaluate", interrupted)
+    monkeypatch.setattr(rtk.stages.runner, "evaluate", interrupted)
     with pytest.raises(RuntimeError, match="stopped during evaluation"):
         Runner(load_recipe(recipe), default_registry(), out, show_progress=False).run()
     assert (out / "checkpoints" / "run-0.safetensors").is_file()
-    monkeypatch.setattr(rtk.runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(rtk.stages.runner, "evaluate", real_evaluate)
     monkeypatch.setattr(impl.MLPHead, "transfer", lambda *a, **k: pytest.fail("trained again"))
     result = cli("run", recipe, "--out", out, "--quiet", "--resume")
     assert result.exit_code == 0, result.stderr

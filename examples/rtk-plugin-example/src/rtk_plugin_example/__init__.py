@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import rtk
-from rtk.configs import option
+from rtk.config.fields import option
 
 __version__ = "0.1.0"
 

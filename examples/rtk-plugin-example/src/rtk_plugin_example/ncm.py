@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from rtk.errors import RtkError
-from rtk.transfer import TransferStrategy, compute_features, set_trainable
+from rtk.stages.strategy import TransferStrategy, compute_features, set_trainable
 
 # A class without training examples must never win, yet stay finite so that the cross-entropy
 # gradients attacks take through the head do not turn into NaN.

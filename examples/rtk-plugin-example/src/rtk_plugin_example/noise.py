@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rtk.attacks import Attack
+from rtk.evaluation.attacks import Attack
 
 
 class UniformNoise(Attack):
@@ -27,7 +27,7 @@ class UniformNoise(Attack):
             if len(idx) == 0:
                 break
             clean = images[idx]
-            # The global generator is what rtk.evaluation seeds from the run seed, so runs repeat.
+            # The global generator is what rtk.evaluation.robust_accuracy seeds from the run seed, so runs repeat.
             noise = (torch.rand_like(clean) * 2 - 1) * eps
             candidate = (clean + noise).clamp(0.0, 1.0)
             fooled = model(candidate).argmax(1) != labels[idx]

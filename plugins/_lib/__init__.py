@@ -1,1 +1,0 @@
-"""Implementations behind the built-in plugins (imported lazily by their factories)."""

@@ -1,0 +1,99 @@
+"""LwF-style feature distillation (Shafahi et al., "Adversarially robust transfer learning",
+arXiv:1905.08232, Sec. 6): see rtk_plugins.lwf.LwFConfig.
+
+z0 is computed once by ``compute_features``. Phase 1 trains the head alone on the cached z0:
+with the body frozen and BN in eval mode, z(x) = z0 exactly, so the distance term is zero and
+no image forward pass is needed. Phase 2 trains all weights on (image, index) batches; the
+objective looks the labels and z0 up by index, so the source never runs again.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from rtk.data import ImageSet
+from rtk.errors import RtkError
+from rtk.stages.training import CrossEntropy, Objective, fit
+from rtk.stages.strategy import FeatureSet, TransferStrategy, compute_features, set_trainable
+from rtk_plugins.transfer.finetune import bn_layers
+
+
+class Indexed(torch.utils.data.Dataset):
+    """``data`` whose batches carry each example's index in place of its label: batched through
+    ``take`` (in memory) or item by item through a DataLoader (file-backed, ``run.workers > 0``)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.in_memory = isinstance(data, ImageSet)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i][0], i
+
+    def take(self, indices: torch.Tensor):
+        images, _ = self.data.take(indices)
+        return images, indices
+
+
+def feature_distance(z: torch.Tensor, z0: torch.Tensor, distance: str) -> torch.Tensor:
+    """Batch mean of the per-example L1 ("l1-mean") or L2 ("l2") norm of z - z0."""
+    return torch.linalg.vector_norm(z - z0, ord=1 if distance == "l1-mean" else 2, dim=1).mean()
+
+
+class FeatureDistillation(Objective):
+    """CE(f(x), y) + lambda_d * d(z(x), z0) on batches of (images, example indices)."""
+
+    def __init__(self, labels: torch.Tensor, z0: torch.Tensor, lambda_d: float, distance: str):
+        self.labels, self.z0 = labels, z0
+        self.lambda_d, self.distance = lambda_d, distance
+
+    def setup(self, model, device):
+        self.labels, self.z0 = self.labels.to(device), self.z0.to(device)
+
+    def loss(self, model, images, index):
+        z = model.features(images)
+        ce = F.cross_entropy(model.head(z), self.labels[index])
+        if not self.lambda_d:
+            return ce
+        return ce + self.lambda_d * feature_distance(z, self.z0[index], self.distance)
+
+
+def eval_mode(model) -> None:
+    model.eval()
+
+
+def train_all_weights(model, data, z0: FeatureSet, cfg, ctx, description: str = "lwf: all weights"):
+    """Phase 2: every weight (BN affine per ``cfg.bn_affine_trainable``) with a fresh optimizer,
+    BN in eval mode. ``z0`` holds the cached source features and the labels of ``data``."""
+    set_trainable(model, True)
+    if not cfg.bn_affine_trainable:
+        for bn in bn_layers(model):
+            set_trainable(bn, False)
+    objective = FeatureDistillation(z0.labels, z0.images, cfg.lambda_d, cfg.distance)
+    return fit(model, Indexed(data), objective, cfg, ctx, description=description, stream=1, set_mode=eval_mode)
+
+
+class LwF(TransferStrategy):
+    def __init__(self, config):
+        self.config = config
+
+    def transfer(self, model, data, ctx, objective=None):
+        if objective is not None:
+            raise RtkError("[transfer.objective]: lwf trains on natural target data with its own feature-distance loss;"
+                           " drop [transfer.objective] (or use finetune for adversarial training)")
+        cfg = self.config
+        model.eval()
+        set_trainable(model, False)
+        z0 = compute_features(model, data.train, ctx, cfg.feature_batch_size, "source features z0 (train)")
+        head = model.reset_head(data.num_classes, cfg.head_init)
+        warm = int(cfg.warm_start_fraction * cfg.epochs + 0.5)  # whole epochs, halves rounded up
+        if warm:
+            fit(head, z0, CrossEntropy(), dataclasses.replace(cfg, epochs=warm), ctx, description="lwf: head only")
+        if cfg.epochs - warm:
+            train_all_weights(model, data.train, z0, dataclasses.replace(cfg, epochs=cfg.epochs - warm), ctx)
+        model.eval()
+        return model

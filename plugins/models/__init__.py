@@ -1,0 +1,163 @@
+"""Built-in architectures: a small CNN for digits/MNIST, CIFAR-style WRN and ResNet-18.
+
+WRN depth follows each source's naming, so ``depth`` maps to units per stage n by shortcut:
+
+- ``shortcut = "conv"``: depth = 6n + 4 (Zagoruyko & Komodakis, arXiv:1605.07146):
+  WRN-28-10 has n = 4, WRN-34-10 has n = 5.
+- ``shortcut = "pad"``: depth = 6n + 2 (init conv + 6n convs + FC; the pad shortcut has no
+  weights): Madry et al.'s "WRN-32-10" (arXiv:1706.06083) has n = 5, i.e. the unit count
+  of WRN-34-10.
+
+Presets (all built by the ``wrn`` factory; only their defaults differ, any option can be set):
+
+- ``wrn-28-10``: 4 units per stage, widths 160/320/640, ReLU, 1x1-conv shortcuts, CIFAR-10
+  mean/std normalization (the TRADES WRN-28-10). 12 units + final + head = 14 blocks.
+- ``wrn-34-10``: the same with 5 units per stage (TRADES / CARTL WRN-34-10; CARTL sets
+  ``leaky_relu = 0.1``). 17 blocks.
+- ``wrn-32-10``: Madry's cifar10_challenge model: 5 units per stage, leaky ReLU 0.1,
+  avg-pool + zero-pad shortcuts, per-image standardisation, TensorFlow "SAME" padding and
+  BN epsilon 1e-3 (TF's default), so weights converted from the TF checkpoints behave as in
+  TF. 15 units + final + head = 17 blocks (Shafahi et al.'s count).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import rtk
+from rtk.config.fields import option
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2471, 0.2435, 0.2616]
+
+
+@dataclass
+class SmallCNNConfig:
+    """Options of the small CNN (digits, MNIST)."""
+
+    channels: list[int] = option(default_factory=lambda: [16, 32, 64], help="width of each conv stage (conv3x3, ReLU, max-pool 2)")
+    feature_dim: int = option(256, min=1, help="width of the penultimate layer (the features z)")
+    in_channels: int = option(1, min=1, help="image channels")
+    mean: list[float] = option(default_factory=lambda: [0.5], help="per-channel normalization mean, applied inside the model")
+    std: list[float] = option(default_factory=lambda: [0.5], help="per-channel normalization std, applied inside the model")
+
+
+def make_small_cnn(config: SmallCNNConfig, num_classes: int, variant=None):
+    """Small CNN: conv stages, 2x2 adaptive pool, FC to feature_dim, linear head."""
+    from rtk_plugins.models.small_cnn import small_cnn
+
+    return small_cnn(num_classes, config.channels, config.feature_dim, config.in_channels, config.mean, config.std)
+
+
+def wrn_units_per_stage(depth: int, shortcut: str) -> int:
+    """Residual units per stage for a WRN ``depth`` (6n+4 with conv shortcuts, 6n+2 with pad)."""
+    extra = 4 if shortcut == "conv" else 2
+    units, rest = divmod(depth - extra, 6)
+    if rest or units < 1:
+        valid = ", ".join(str(6 * n + extra) for n in range(1, 6))
+        raise ValueError(f'WRN depth {depth} is not 6n+{extra} as shortcut "{shortcut}" needs; use one of {valid}, ...')
+    return units
+
+
+def _check_mean_std(mean: list[float], std: list[float]) -> None:
+    if len(mean) != len(std) or not mean:
+        raise ValueError(f"mean and std must have one entry per channel, got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std entries must be positive, got {std}")
+
+
+@dataclass
+class WRNConfig:
+    """Options of the CIFAR-style pre-activation Wide ResNet (defaults: WRN-28-10)."""
+
+    depth: int = option(28, min=6, help='6n+4 with shortcut "conv" (28 -> 4 units per stage), 6n+2 with "pad" (32 -> 5)')
+    widen: int = option(10, min=1, help="width factor k: stage widths 16k, 32k, 64k (features z are 64k-d)")
+    leaky_relu: float = option(0.0, min=0.0, help="negative slope of every activation; 0 is ReLU, Madry uses 0.1")
+    shortcut: Literal["conv", "pad"] = option("conv", help='"conv": 1x1 conv when the shape changes (PyTorch WRN); "pad": avg-pool + zero-pad channels (Madry)')
+    dropout: float = option(0.0, min=0.0, max=0.99, help="dropout between the two convs of each unit")
+    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help='per-channel normalization mean inside the model (input_norm = "mean-std")')
+    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help='per-channel normalization std inside the model (input_norm = "mean-std")')
+    input_norm: Literal["mean-std", "per-image"] = option("mean-std", help='"mean-std", or "per-image": tf.image.per_image_standardization as in Madry\'s model')
+    tf_padding: bool = option(False, help='TensorFlow "SAME" padding in strided convs (pads bottom/right only), for weights converted from TF')
+    bn_eps: float = option(1e-5, min=0.0, help="BatchNorm epsilon (PyTorch 1e-5; TF's batch_norm, used by Madry, 1e-3)")
+
+    def __post_init__(self):
+        wrn_units_per_stage(self.depth, self.shortcut)
+        _check_mean_std(self.mean, self.std)
+
+
+def _default(name: str, value):
+    """Re-declare a WRNConfig field with a preset default, keeping its documentation and range."""
+    base = WRNConfig.__dataclass_fields__[name]
+    if isinstance(value, list):
+        return dataclasses.field(default_factory=lambda: list(value), metadata=base.metadata)
+    return dataclasses.field(default=value, metadata=base.metadata)
+
+
+@dataclass
+class WRN28x10Config(WRNConfig):
+    """WRN-28-10 (TRADES): 4 units per stage, ReLU, 1x1-conv shortcuts."""
+
+
+@dataclass
+class WRN34x10Config(WRNConfig):
+    """WRN-34-10 (TRADES, CARTL): 5 units per stage, ReLU, 1x1-conv shortcuts."""
+
+    depth: int = _default("depth", 34)
+
+
+@dataclass
+class WRN32x10Config(WRNConfig):
+    """Madry's "WRN-32-10": 5 units per stage, leaky ReLU 0.1, pad shortcuts, per-image standardisation, TF padding."""
+
+    depth: int = _default("depth", 32)
+    leaky_relu: float = _default("leaky_relu", 0.1)
+    shortcut: Literal["conv", "pad"] = _default("shortcut", "pad")
+    input_norm: Literal["mean-std", "per-image"] = _default("input_norm", "per-image")
+    tf_padding: bool = _default("tf_padding", True)
+    bn_eps: float = _default("bn_eps", 1e-3)
+
+
+def make_wrn(config: WRNConfig, num_classes: int, variant=None):
+    """CIFAR-style pre-activation Wide ResNet (Zagoruyko & Komodakis, arXiv:1605.07146)."""
+    from rtk_plugins.models.wrn import wide_resnet
+
+    return wide_resnet(num_classes, wrn_units_per_stage(config.depth, config.shortcut), config.widen,
+                       leaky_relu=config.leaky_relu, shortcut=config.shortcut, dropout=config.dropout,
+                       mean=config.mean, std=config.std, input_norm=config.input_norm,
+                       tf_padding=config.tf_padding, bn_eps=config.bn_eps)
+
+
+@dataclass
+class ResNet18Config:
+    """Options of the CIFAR ResNet-18."""
+
+    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help="per-channel normalization mean, applied inside the model")
+    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help="per-channel normalization std, applied inside the model")
+
+    def __post_init__(self):
+        _check_mean_std(self.mean, self.std)
+
+
+def make_resnet18(config: ResNet18Config, num_classes: int, variant=None):
+    """CIFAR ResNet-18 (He et al., arXiv:1512.03385): 3x3 stem, no max-pool, 512-d features."""
+    from rtk_plugins.models.resnet import resnet18
+
+    return resnet18(num_classes, config.mean, config.std)
+
+
+@rtk.hookimpl
+def register_source_models(register):
+    register("small-cnn", make_small_cnn, config=SmallCNNConfig,
+             summary="Small CNN for 8x8 digits and MNIST: conv(16,32,64) + fc256 + linear head")
+    register("wrn", make_wrn, config=WRNConfig,
+             summary="CIFAR pre-activation Wide ResNet, any depth/width (default WRN-28-10)")
+    register("wrn-28-10", make_wrn, config=WRN28x10Config,
+             summary="WRN-28-10 (TRADES): 4 units/stage, widths 160/320/640, ReLU, conv shortcuts")
+    register("wrn-34-10", make_wrn, config=WRN34x10Config,
+             summary="WRN-34-10 (TRADES, CARTL): 5 units/stage, ReLU, conv shortcuts; 17 blocks")
+    register("wrn-32-10", make_wrn, config=WRN32x10Config,
+             summary="Madry's WRN-32-10: 5 units/stage, leaky ReLU 0.1, pad shortcuts, per-image standardisation; 17 blocks")
+    register("resnet18", make_resnet18, config=ResNet18Config,
+             summary="CIFAR ResNet-18: 3x3 stem, no max-pool, BasicBlocks [2,2,2,2], 512-d features")

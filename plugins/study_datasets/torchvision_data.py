@@ -1,0 +1,224 @@
+"""The study's file-backed torchvision datasets (rtk_plugins.study_datasets): layout checks with
+one-line DataErrors, torchvision for parsing, lazy decoding, and the per-class seeded splits.
+
+torchvision's classes read the annotation files; rtk never decodes an image until a batch asks
+for it (FileImageSet over a LazyImages), so a 100k-image dataset costs a list of paths and labels.
+The expected files are checked before torchvision is called, so a missing dataset is one line
+naming the folder instead of torchvision's "use download=True" (and Caltech's classes, which
+create folders under root, are never reached).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rtk.data import DataSplits, FileImageSet
+from rtk.errors import DataError
+from rtk_plugins.datasets.vision_data import DATA_ENV, _cause, resolve_root
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset lives under root, what must be there (a trailing "/" marks a folder), and where to get it."""
+
+    folder: str
+    needs: tuple[str, ...]
+    url: str
+
+    def pattern(self) -> str:
+        return f"ROOT/{self.folder}/{{{', '.join(self.needs)}}}"
+
+
+SOURCES = {
+    "food101": Source("food-101", ("meta/train.json", "meta/test.json", "images/"),
+                      "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/ (food-101.tar.gz)"),
+    "sun397": Source("SUN397", ("ClassName.txt",), "https://vision.princeton.edu/projects/2010/SUN/ (SUN397.tar.gz)"),
+    "caltech101": Source("caltech101", ("101_ObjectCategories/",),
+                         "https://data.caltech.edu/records/mzrjq-6wc02 (101_ObjectCategories.tar.gz)"),
+    "caltech256": Source("caltech256", ("256_ObjectCategories/",),
+                         "https://data.caltech.edu/records/nyy15-4j048 (256_ObjectCategories.tar)"),
+    "stanford-cars": Source("stanford_cars", ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train/",
+                                              "cars_test/", "cars_test_annos_withlabels.mat"),
+                            "a mirror of the Stanford Cars files (the original site is gone; e.g. the Kaggle copy)"),
+    "fgvc-aircraft": Source("fgvc-aircraft-2013b", ("data/images/", "data/variants.txt", "data/families.txt",
+                                                     "data/manufacturers.txt"),
+                            "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (fgvc-aircraft-2013b.tar.gz)"),
+    "dtd": Source("dtd/dtd", ("images/", "labels/"), "https://www.robots.ox.ac.uk/~vgg/data/dtd/ (dtd-r1.0.1.tar.gz)"),
+    "oxford-pets": Source("oxford-iiit-pet", ("images/", "annotations/trainval.txt", "annotations/test.txt"),
+                          "https://www.robots.ox.ac.uk/~vgg/data/pets/ (images.tar.gz and annotations.tar.gz)"),
+    "flowers102": Source("flowers-102", ("jpg/", "imagelabels.mat", "setid.mat"),
+                         "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)"),
+}
+
+
+def to_rgb(image):
+    """Caltech's classes return grayscale images as they are; every batch needs 3 channels."""
+    return image.convert("RGB")
+
+
+class LazyImages(torch.utils.data.Dataset):
+    """A torchvision dataset whose items are decoded (and resized) only when asked for; an
+    unreadable image is a DataError naming the dataset and the item."""
+
+    def __init__(self, base, name: str):
+        self.base = base
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        try:
+            return self.base[i]
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{self.name}: cannot read image {i} of {type(self.base).__name__} under "
+                            f"{getattr(self.base, 'root', '?')} ({_cause(exc)}); replace the file with an intact copy") from None
+
+
+def labels_of(dataset) -> list[int]:
+    """The labels torchvision parsed from the annotation files, without decoding any image."""
+    for attr in ("_labels", "y"):
+        if hasattr(dataset, attr):
+            return list(getattr(dataset, attr))
+    if hasattr(dataset, "_samples"):  # StanfordCars: (path, label) pairs
+        return [label for _, label in dataset._samples]
+    raise DataError(f"rtk cannot read the labels of torchvision's {type(dataset).__name__} (torchvision "
+                    f"changed its internals?); report this with your torchvision version")
+
+
+def check_files(name: str, root: str | None, download: bool) -> Path:
+    """The data root; without ``download``, every needed file checked first (one DataError)."""
+    source = SOURCES[name]
+    base, origin = resolve_root(root, name, f"{source.folder}/...")
+    folder = base / source.folder
+    if not download:
+        missing = [need for need in source.needs
+                   if not ((folder / need).is_dir() if need.endswith("/") else (folder / need).is_file())]
+        if missing:
+            what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+            raise DataError(f"{name}: dataset files not found in {folder} ({what}; {origin} = {base}); rtk expects "
+                            f"{source.pattern()}: get it from {source.url}, unpack it so that root (or {DATA_ENV}) "
+                            f"holds {source.folder}/, or set download = true on a machine with network access")
+    return base
+
+
+def open_split(name: str, base: Path, download: bool, build: Callable[[str], object], split: str):
+    """``build(root)``, with torchvision's failures turned into one-line DataErrors."""
+    folder = base / SOURCES[name].folder
+    try:
+        return build(str(base))
+    except (DataError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if download:
+            raise DataError(f"{name}: could not download or read the {split} split into {folder} ({_cause(exc)}); check "
+                            f"the network connection, or fetch the files by hand ({SOURCES[name].url}) and set "
+                            "download = false") from None
+        raise DataError(f"{name}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look corrupt or "
+                        f"incomplete: replace them with intact copies ({SOURCES[name].pattern()})") from None
+
+
+def transform(image_size: int):
+    from torchvision import transforms
+
+    # Short side to image_size, then a center square: every image gets the same shape, so batches stack.
+    return transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize(image_size),
+                               transforms.CenterCrop(image_size), transforms.ToTensor()])
+
+
+def builders(name: str, config) -> dict[str, Callable[[str], object]]:
+    """torchvision constructors per official split: {"train": [...], "test": [...]} or {"all": [...]}."""
+    from torchvision import datasets as tv
+
+    kw = dict(transform=transform(config.image_size), download=config.download)
+    if name == "food101":
+        return {s: [lambda r, s=s: tv.Food101(r, split=s, **kw)] for s in ("train", "test")}
+    if name == "stanford-cars":
+        return {s: [lambda r, s=s: tv.StanfordCars(r, split=s, **kw)] for s in ("train", "test")}
+    if name == "fgvc-aircraft":
+        level = config.annotation_level
+        return {"train": [lambda r: tv.FGVCAircraft(r, split="trainval", annotation_level=level, **kw)],
+                "test": [lambda r: tv.FGVCAircraft(r, split="test", annotation_level=level, **kw)]}
+    if name == "dtd":
+        p = config.partition
+        return {"train": [lambda r, s=s: tv.DTD(r, split=s, partition=p, **kw) for s in ("train", "val")],
+                "test": [lambda r: tv.DTD(r, split="test", partition=p, **kw)]}
+    if name == "oxford-pets":
+        return {"train": [lambda r: tv.OxfordIIITPet(r, split="trainval", **kw)],
+                "test": [lambda r: tv.OxfordIIITPet(r, split="test", **kw)]}
+    if name == "flowers102":
+        return {"train": [lambda r, s=s: tv.Flowers102(r, split=s, **kw) for s in ("train", "val")],
+                "test": [lambda r: tv.Flowers102(r, split="test", **kw)]}
+    if name == "caltech101":
+        return {"all": [lambda r: tv.Caltech101(r, target_type="category", **kw)]}
+    if name == "caltech256":
+        return {"all": [lambda r: tv.Caltech256(r, **kw)]}
+    if name == "sun397":
+        return {"all": [lambda r: tv.SUN397(r, **kw)]}
+    raise ValueError(f"unknown study dataset {name!r}")
+
+
+def class_names(dataset) -> list[str]:
+    return list(getattr(dataset, "classes", None) or getattr(dataset, "categories"))
+
+
+def joined(name: str, parts: list, names: list[str]) -> FileImageSet:
+    """One FileImageSet over one or several official lists (DTD or Flowers train + val)."""
+    labels = []
+    for part in parts:
+        ids = labels_of(part)
+        if name == "dtd":  # torchvision numbers each DTD list's classes on its own: map them by name
+            own, lookup = class_names(part), {c: i for i, c in enumerate(names)}
+            unknown = sorted(set(own) - set(lookup))
+            if unknown:
+                raise DataError(f"{name}: a label list names classes the training list lacks ({', '.join(unknown[:5])}); "
+                                "the label files are inconsistent: replace them with intact copies")
+            ids = [lookup[own[y]] for y in ids]
+        labels += ids
+    bad = [y for y in labels if not 0 <= y < len(names)]
+    if bad:
+        raise DataError(f"{name}: label {bad[0]} is outside 0..{len(names) - 1}; the annotation files are inconsistent: "
+                        "replace them with intact copies")
+    base = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    return FileImageSet(LazyImages(base, name), torch.tensor(labels, dtype=torch.long))
+
+
+def per_class_split(name: str, labels: torch.Tensor, train_per_class: int, test_per_class: int | None,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class draw: ``train_per_class`` training indices per class, then
+    ``test_per_class`` (or all the rest) test indices; a class too small is a DataError."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    need = train_per_class + (test_per_class or 1)
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < need:
+            raise DataError(f"{name}: class {c} has {len(idx)} images, fewer than train_per_class = {train_per_class} "
+                            f"plus {test_per_class or 1} test image(s); lower train_per_class (or test_per_class)")
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        train.append(idx[:train_per_class])
+        test.append(idx[train_per_class:train_per_class + test_per_class] if test_per_class else idx[train_per_class:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def load_study_dataset(name: str, config) -> DataSplits:
+    base = check_files(name, config.root, config.download)
+    opened = {split: [open_split(name, base, config.download, build, split) for build in makers]
+              for split, makers in builders(name, config).items()}
+    if "all" in opened:
+        (dataset,) = opened["all"]
+        names = class_names(dataset)
+        everything = joined(name, [dataset], names)
+        train_idx, test_idx = per_class_split(name, everything.labels, config.train_per_class,
+                                              config.test_per_class, config.split_seed)
+        train, test = everything.subset(train_idx), everything.subset(test_idx)
+    else:
+        names = class_names(opened["train"][0])
+        train, test = joined(name, opened["train"], names), joined(name, opened["test"], names)
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"{name}: the {'training' if len(train) == 0 else 'test'} split under {base / SOURCES[name].folder} "
+                        f"is empty; check the annotation files ({SOURCES[name].pattern()})")
+    return DataSplits(train, test, num_classes=len(names), class_names=names, name=name)

@@ -1,0 +1,218 @@
+"""Resolve a recipe's sweep point into components with validated configs (a RunSpec).
+
+Every error names the recipe file, the table and key, the component and its plugin, and the
+valid choices, so that ``rtk validate`` can point at the exact line to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rtk.config.fields import ConfigValueError, build_config, option
+from rtk.errors import RecipeError, UnknownComponentError
+from rtk.config.recipe import Recipe, SweepPoint, paper_for
+from rtk.registry import KINDS, Component, Registry
+from rtk.config.schema import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """[run]: the run as a whole."""
+
+    name: str = option("rtk-run", help="name of the run (default output folder runs/NAME/...)")
+    seed: int = option(0, min=0, max=2**31 - 1, help="seed of every random stream of the run (CPU runs repeat exactly)")
+    device: str = option("auto", help='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (under torchrun "auto" and "cuda" mean cuda:LOCAL_RANK)')
+    # Fast paths. Those that can change numbers are off by default; evaluation and certification
+    # stay in float32 unless eval_amp says otherwise.
+    amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast in training (source and transfer); changes training numbers. Allowed on CPU too (torch\'s CPU autocast), where it is rarely faster')
+    eval_amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast also in evaluation, attacks, feature extraction and certification; changes evaluation numbers, so off by default')
+    channels_last: bool = option(False, help="channels_last memory format for the model's weights and image batches (faster convolutions on tensor-core GPUs; may change the last bits of results)")
+    compile: bool = option(False, help="torch.compile the model's forward (nn.Module.compile): slow first batches, then faster; may change the last bits of results")
+    workers: int = option(0, min=0, max=256, help="DataLoader worker processes for file-backed datasets (in-memory datasets are sliced in the main process, which is faster)")
+    pin_memory: bool = option(False, help="pin host batches before copying them to a CUDA device (no effect on CPU)")
+    non_blocking: bool = option(True, help="copy batches to a CUDA device asynchronously (no effect on CPU; does not change results)")
+    feature_cache_mb: float | None = option(2048.0, min=0.0, help="cached features (linear probes, LwF) larger than this many MiB are written to a memory-mapped file in the run folder's feature-cache/ instead of memory; unset: always in memory")
+
+
+@dataclass
+class EvalConfig:
+    """[eval]: how the transferred model is evaluated (attacks are [[eval.attacks]] tables)."""
+
+    batch_size: int = option(256, min=1, max=1_000_000, help="examples per attack batch")
+    n: int | None = option(None, min=1, help="evaluate on n test examples (all when unset)")
+    subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or n evenly spaced over the whole test set")
+    subset_seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the random subset")
+    attack_order: Literal["independent", "sequential"] = option("independent", help='"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case either way')
+    per_class: bool = option(False, help='add clean, per-attack and robust accuracy of every class to the results ("per_class")')
+    sanity: bool = option(True, help="run the sanity checks (randomness in the forward pass, zero gradients, black-box beating white-box, accuracy rising with more steps or larger eps) and report their flags")
+    sanity_n: int = option(100, min=0, help="how many of the evaluated examples (the first ones) the sanity checks use; 0 turns them off")
+
+
+@dataclass
+class ComponentSpec:
+    component: Component
+    config: Any
+    variant: str | None
+    table: str
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.component.name if self.variant is None else f"{self.component.name[:-1]}{self.variant}"
+
+    def build(self, **kwargs):
+        if self.variant is not None:
+            kwargs["variant"] = self.variant
+        return self.component.factory(self.config, **kwargs)
+
+
+@dataclass
+class SourceSpec:
+    model: ComponentSpec
+    weights: Path | None = None
+    num_classes: int | None = None
+    data: ComponentSpec | None = None
+    train: TrainConfig | None = None
+    objective: ComponentSpec | None = None
+
+
+@dataclass
+class RunSpec:
+    id: str
+    params: dict[str, Any]
+    raw: dict
+    run: RunConfig
+    source: SourceSpec
+    target: ComponentSpec | None
+    transfer: ComponentSpec | None
+    transfer_objective: ComponentSpec | None
+    eval: EvalConfig
+    attacks: list[ComponentSpec] = field(default_factory=list)
+    certify: ComponentSpec | None = None
+
+
+class Resolver:
+    def __init__(self, recipe: Recipe, registry: Registry):
+        self.recipe = recipe
+        self.registry = registry
+
+    def fail(self, table: str, message: str) -> RecipeError:
+        return self.recipe.error(table, message)
+
+    def table(self, raw: dict, key: str, required: bool = False) -> dict | None:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "is missing")
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table, got {type(value).__name__}")
+        return value
+
+    def plain(self, cls, table: dict | None, name: str, also_valid=()):
+        try:
+            return self._fix_paths(build_config(cls, table or {}, also_valid))
+        except ConfigValueError as exc:
+            raise self.fail(name, f"{exc.key + ': ' if exc.key and 'unknown key' not in str(exc) else ''}{exc}") from None
+
+    def component(self, kind: str, table: dict, name: str, selector: str, reserved=()) -> ComponentSpec:
+        if selector not in table:
+            raise self.fail(name, f'missing key "{selector}": the {KINDS[kind][1]} to use; choices: {", ".join(self.registry.names(kind))}')
+        chosen = table[selector]
+        if not isinstance(chosen, str):
+            raise self.fail(name, f"{selector}: expected the name of a {KINDS[kind][1]} (a string), got {chosen!r}")
+        try:
+            component, variant = self.registry.resolve(kind, chosen)
+        except UnknownComponentError as exc:
+            raise self.fail(name, f"{selector}: {exc}") from None
+        options = {k: v for k, v in table.items() if k != selector and k not in reserved}
+        try:
+            config = build_config(component.config, options, (selector, *reserved))
+        except ConfigValueError as exc:
+            prefix = f"{exc.key}: " if exc.key and "unknown key" not in str(exc) else ""
+            raise self.fail(name, f"{prefix}{exc} ({component.describe()})") from None
+        label = table.get("label", "") if "label" in reserved else ""
+        return ComponentSpec(component, self._fix_paths(config), variant, name, label)
+
+    def _fix_paths(self, config):
+        """Resolve relative file and folder options against the recipe's folder."""
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if isinstance(value, str) and value and (f.metadata.get("path") or f.name in ("root", "weights")):
+                path = Path(value).expanduser()
+                if not path.is_absolute():
+                    object.__setattr__(config, f.name, str(self.recipe.folder / path))
+        return config
+
+    def source(self, raw: dict) -> SourceSpec:
+        table = self.table(raw, "source", required=True)
+        model = self.component("model", table, "source", "model", ("weights", "num_classes", "data", "train", "objective", "label"))
+        spec = SourceSpec(model)
+        weights = table.get("weights")
+        if weights is not None:
+            if not isinstance(weights, str):
+                raise self.fail("source", f"weights: expected a file path (string), got {weights!r}")
+            spec.weights = (self.recipe.folder / Path(weights).expanduser())
+            if not spec.weights.is_file():
+                raise self.fail("source", f"weights: file {spec.weights} does not exist; give a safetensors or torch weights file, or drop weights and add [source.train] to train the source here")
+        num_classes = table.get("num_classes")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise self.fail("source", f"num_classes: expected a positive integer, got {num_classes!r}")
+        spec.num_classes = num_classes
+        data, train = self.table(table, "data"), self.table(table, "train")
+        if (data is None) != (train is None):
+            raise self.fail("source", "training a source needs both [source.data] (dataset) and [source.train] (epochs, lr, ...); give both or neither")
+        if data is not None:
+            spec.data = self.component("dataset", data, "source.data", "dataset")
+            spec.train = self.plain(TrainConfig, train, "source.train")
+            objective = self.table(table, "objective") or {"name": "natural"}
+            spec.objective = self.component("objective", objective, "source.objective", "name")
+        elif self.table(table, "objective") is not None:
+            raise self.fail("source.objective", "has no effect without [source.data] and [source.train]")
+        return spec
+
+    def point(self, point: SweepPoint) -> RunSpec:
+        raw = point.raw
+        run = self.plain(RunConfig, self.table(raw, "run"), "run")
+        source = self.source(raw)
+        target_table = self.table(raw, "target")
+        target = self.component("dataset", target_table, "target", "dataset") if target_table is not None else None
+        transfer_table = self.table(raw, "transfer")
+        transfer = objective = None
+        if transfer_table is not None:
+            if target is None:
+                raise self.fail("transfer", "needs a [target] dataset to transfer to")
+            transfer = self.component("strategy", transfer_table, "transfer", "strategy", ("objective",))
+            objective_table = self.table(transfer_table, "objective")
+            if objective_table is not None:
+                objective = self.component("objective", objective_table, "transfer.objective", "name")
+        eval_table = dict(self.table(raw, "eval") or {})
+        attack_tables = eval_table.pop("attacks", [])
+        if not isinstance(attack_tables, list) or not all(isinstance(t, dict) for t in attack_tables):
+            raise self.fail("eval", "attacks must be an array of tables ([[eval.attacks]])")
+        evaluation = self.plain(EvalConfig, eval_table, "eval", ("attacks",))
+        attacks = [self.component("attack", t, f"eval.attacks.{i}", "name", ("label",)) for i, t in enumerate(attack_tables)]
+        labels = {}
+        for spec in attacks:
+            if not isinstance(spec.label, str):
+                raise self.fail(spec.table, f"label: expected a string, got {spec.label!r}")
+            spec.label = spec.label or spec.name
+            if spec.label in ("clean", "robust") or spec.label in labels:
+                raise self.fail(spec.table, f'label "{spec.label}" is already used; give each attack a distinct label (e.g. label = "PGD-20")')
+            labels[spec.label] = spec
+        certify_table = self.table(raw, "certify")
+        certify = self.component("certifier", certify_table, "certify", "certifier") if certify_table is not None else None
+        if target is None and (attacks or certify):
+            raise self.fail("target", "is missing: evaluation and certification need a [target] dataset")
+        return RunSpec(point.id, point.params, raw, run, source, target, transfer, objective, evaluation, attacks, certify)
+
+
+def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:
+    """Validate every sweep point of ``recipe`` against the registry; return one RunSpec each."""
+    resolver = Resolver(recipe, registry)
+    specs = [resolver.point(point) for point in recipe.points()]
+    for spec in specs:  # a malformed [paper] must fail before training, not when the first run reports
+        paper_for(recipe, spec.params)
+    return specs

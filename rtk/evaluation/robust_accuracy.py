@@ -1,0 +1,251 @@
+"""Evaluation: clean accuracy, each attack's accuracy, and robust accuracy as the per-example
+worst case over all attacks (an example is robust only if no attack fools the model on it).
+
+Protocol: attacks act in pixel space on the model in eval mode (every submodule's previous mode
+is restored afterwards); only clean-correct examples are attacked. ``order = "independent"``
+attacks every clean-correct example with each attack, so each attack's column is its own
+accuracy; ``"sequential"`` attacks only the examples every earlier attack failed on (cheaper,
+as AutoAttack does), so the columns are cumulative. Before each attack on a batch, torch is
+seeded from (run seed, dataset index of the batch's first example, attack label) alone, so an
+example's outcome does not depend on which batches or attacks ran before it: a resumed or
+sharded evaluation gives the numbers of an uninterrupted one.
+
+Under torchrun (rtk.services.distributed) whole batches go to ranks round-robin, so every example meets
+the same batch, seed and arithmetic as in a single process; per-example results are summed over
+ranks (each row filled by one rank) and every rank returns the full result. The sanity checks run
+on rank 0 only; a distributed evaluation saves no progress state (it restarts when resumed).
+Memory is bounded by one batch whatever the test set's size: batches are taken from the test
+set as they are attacked, never copied as a whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rtk.services import distributed
+from rtk.evaluation.attacks import model_mode
+from rtk.stages.context import RunContext
+from rtk.errors import RtkError
+from rtk.services.results import atomic_write, stale_temporaries
+
+ORDERS = ("independent", "sequential")
+
+
+def select_indices(total: int, n: int | None, subset: str, seed: int) -> torch.Tensor:
+    """Which test examples to evaluate: all, the first n, a seeded random n, or n evenly spaced
+    over the whole set (as Cohen's --skip; a plain every-(total // n)-th would leave out the tail,
+    which in a class-ordered test set is whole classes)."""
+    if n is None or n >= total:
+        return torch.arange(total)
+    if subset == "random":
+        return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if subset == "stride":
+        return torch.arange(n) * total // n
+    return torch.arange(n)
+
+
+def batch_seed(seed: int, first_index: int, stream: str = "") -> int:
+    """The seed of one (batch, attack): a hash, so that nearby indices give unrelated streams."""
+    digest = hashlib.sha256(f"{seed}:{first_index}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_batch(seed: int, first_index: int, stream: str = "") -> None:
+    """Seed torch's CPU generator and every CUDA device's (torch.manual_seed does the same at
+    about 100 times the cost, which shows on small batches)."""
+    value = batch_seed(seed, first_index, stream)
+    torch.default_generator.manual_seed(value)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(value)
+
+
+def check_threat_model(label: str, attack, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
+    """An attack's output must lie in [0, 1] and within its declared ball (a plugin bug otherwise)."""
+    tol = 1e-5
+    if adversarial.shape != clean.shape:
+        raise RtkError(f'attack "{label}" returned shape {tuple(adversarial.shape)} for inputs {tuple(clean.shape)}')
+    if adversarial.min() < -tol or adversarial.max() > 1 + tol:
+        raise RtkError(f'attack "{label}" left the [0, 1] image box; the plugin must clamp its output')
+    delta = (adversarial - clean).flatten(1)
+    norm = getattr(attack, "norm", None)
+    size = {"Linf": lambda d: d.abs().amax(1), "L2": lambda d: d.norm(dim=1), "L1": lambda d: d.abs().sum(1)}.get(norm)
+    if size is not None and (size(delta) > attack.eps * (1 + 1e-4) + tol).any():
+        raise RtkError(f'attack "{label}" left its {norm} ball of eps={attack.eps:g}; the plugin must project its output')
+
+
+def model_digest(model) -> str:
+    """A hash of the weights, so a saved evaluation state is never continued with another model."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class EvalState:
+    """Where evaluate() saves its progress after every batch, and whether to continue from it.
+
+    ``fingerprint`` holds what else must match for a saved state to be continued (the runner
+    puts the attacks' configs there); the file holds tensors and JSON strings only, no pickles.
+    """
+
+    path: Path
+    resume: bool = False
+    fingerprint: dict = field(default_factory=dict)
+
+    def load(self, fingerprint: dict, indices: torch.Tensor, names: list[str]):
+        """(examples done, {metric: correctness so far}, flags so far), or None to start afresh."""
+        if not (self.resume and self.path.is_file()):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                saved = json.loads(handle.metadata()["fingerprint"])
+                flags = json.loads(handle.metadata().get("flags", "[]"))
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as exc:
+            raise RtkError(f"cannot read the evaluation state {self.path} ({type(exc).__name__}); delete it to start the evaluation afresh") from None
+        different = [key for key in sorted(set(saved) | set(fingerprint)) if saved.get(key) != fingerprint.get(key)]
+        if not different and not torch.equal(tensors.get("indices", torch.empty(0)), indices.cpu().long()):
+            different = ["indices"]
+        if different:
+            raise RtkError(f"evaluation state {self.path} does not match this evaluation (different {', '.join(different)});"
+                           " resume with the options of the interrupted run, or delete the file to start afresh")
+        done = int(tensors["done"])
+        return done, {name: tensors[f"correct.{i}"] for i, name in enumerate(names)}, flags
+
+    def save(self, fingerprint: dict, indices: torch.Tensor, done: int, correct: dict, flags: list[dict]) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"indices": indices.cpu().long().contiguous(), "done": torch.tensor(done)}
+        for i, chunks in enumerate(correct.values()):
+            tensors[f"correct.{i}"] = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool)
+        metadata = {"fingerprint": json.dumps(fingerprint, sort_keys=True), "flags": json.dumps(flags, default=str)}
+        # Atomic: a kill mid-write leaves the previous state intact.
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        for tmp in stale_temporaries(self.path):
+            tmp.unlink(missing_ok=True)
+
+
+def attack_batch(model, images, labels, attacks, order: str, seed: int, first_index: int) -> dict[str, torch.Tensor]:
+    """Per-example correctness of one batch: clean, then under each attack (cumulative if sequential)."""
+    with torch.no_grad():
+        ok = model(images).argmax(1) == labels
+    result = {"clean": ok}
+    alive = ok.clone()
+    for label, attack in attacks:
+        targets = alive if order == "sequential" else ok
+        hit = targets.clone()
+        idx = targets.nonzero().flatten()
+        if len(idx):
+            seed_batch(seed, first_index, label)
+            adversarial = attack(model, images[idx], labels[idx])
+            check_threat_model(label, attack, images[idx], adversarial)
+            with torch.no_grad():
+                hit[idx] = model(adversarial).argmax(1) == labels[idx]
+        alive &= hit
+        result[label] = hit
+    return result
+
+
+def attack_flags(attacks, previous: list[dict]) -> list[dict]:
+    """Every attack's own diagnostics, labelled with the attack, without duplicates."""
+    flags = [dict(f) for f in previous]
+    for label, attack in attacks:
+        diagnostics = getattr(attack, "diagnostics", None)
+        for flag in (diagnostics() if callable(diagnostics) else []):
+            flag = {"attack": label, **dict(flag)}
+            if flag not in flags:
+                flags.append(flag)
+    return flags
+
+
+def per_class_accuracy(correct: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, list]:
+    """{metric: [accuracy of class 0, 1, ...]}; NaN (null in JSON) for a class with no example."""
+    masks = [labels == c for c in range(num_classes)]
+    return {name: [float(v[m].float().mean()) if m.any() else float("nan") for m in masks] for name, v in correct.items()}
+
+
+def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, batch_size: int = 256,
+             indices: torch.Tensor | None = None, *, order: str = "independent", per_class: bool = False,
+             num_classes: int | None = None, sanity_attacks: list | None = None, sanity_n: int = 100,
+             state: EvalState | None = None) -> dict:
+    """Clean and adversarial accuracy of ``model`` on ``test`` (an rtk.data image set).
+
+    Attacks only run on examples the model classifies correctly (a misclassified clean example
+    already counts as broken). ``sanity_attacks`` (rtk.evaluation.sanity.SanityAttack, one per attack) turns
+    on the sanity checks, run on the first ``sanity_n`` evaluated examples. With ``state``, the
+    progress is saved after every batch and, when ``state.resume``, continued from the file.
+    Returns {"metrics", "correct" (per-example bool tensors), "indices", "n", "flags",
+    "attack_order"} and, with ``per_class``, "per_class".
+    """
+    if order not in ORDERS:
+        raise RtkError(f'attack order "{order}" is not one of {", ".join(ORDERS)}')
+    indices = torch.arange(len(test)) if indices is None else indices
+    total = len(indices)
+    world = ctx.world
+    if world.distributed:
+        state = None
+    names = ["clean", *(label for label, _ in attacks)]
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    done, flags, fingerprint = 0, [], {}
+    if state is not None:
+        fingerprint = {"attacks": names[1:], "order": order, "batch_size": batch_size, "seed": ctx.seed,
+                       "model": model_digest(model), **state.fingerprint}
+        loaded = state.load(fingerprint, indices, names)
+        if loaded is not None:
+            done, saved, flags = loaded
+            correct = {name: [saved[name]] for name in names}
+    rows = torch.zeros(total, len(names), dtype=torch.int32) if world.distributed else None
+    plural = "s" if len(attacks) != 1 else ""
+    with model_mode(model, train=False), ctx.progress(f"evaluate ({len(attacks)} attack{plural})", total) as advance:
+        advance(done)
+        for start in range(done, total, batch_size):
+            stop = min(start + batch_size, total)
+            if world.distributed and not distributed.owns_batch(start // batch_size):
+                continue
+            images, labels = test.take(indices[start:stop])
+            with ctx.autocast("eval"):
+                batch = attack_batch(model, ctx.to_device(images), ctx.to_device(labels), attacks, order, ctx.seed,
+                                     int(indices[start]))
+            if rows is not None:
+                rows[start:stop] = torch.stack([batch[name].cpu() for name in names], 1).int()
+            else:
+                for name, hit in batch.items():
+                    correct[name].append(hit.cpu())
+            if state is not None:
+                state.save(fingerprint, indices, stop, correct, attack_flags(attacks, flags))
+            advance(stop - start)
+        flags = attack_flags(attacks, flags)
+        if rows is not None:
+            rows = distributed.all_reduce_sum(rows).bool()
+            correct = {name: [rows[:, i]] for i, name in enumerate(names)}
+            gathered = [f for part in distributed.gather_objects(flags) for f in part]
+            flags = [f for i, f in enumerate(gathered) if f not in gathered[:i]]
+        correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
+        robust = correct["clean"].clone()
+        for label, _ in attacks:
+            robust &= correct[label]
+        correct["robust"] = robust
+        metrics = {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
+        if sanity_attacks is not None and sanity_n > 0 and total and world.is_main:
+            from rtk.evaluation.sanity import sanity_checks
+
+            images, labels = test.take(indices[:min(sanity_n, total)])
+            seed_batch(ctx.seed, -1, "sanity")
+            flags += sanity_checks(model, ctx.to_device(images), ctx.to_device(labels), sanity_attacks, metrics, ctx)
+    result = {"metrics": metrics, "correct": correct, "indices": indices, "n": total, "flags": flags, "attack_order": order}
+    if per_class:
+        labels = test.labels[indices].cpu()
+        classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
+        result["per_class"] = per_class_accuracy(correct, labels, classes)
+    return result

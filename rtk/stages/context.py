@@ -1,0 +1,95 @@
+"""What every stage of a run receives: device, seeds, progress display, output folder."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from rtk.errors import RtkError
+
+        raise RtkError(f'device "{name}" was asked for but no CUDA device is available; use device = "cpu" or "auto"')
+    return torch.device(name)
+
+
+@dataclass
+class RunContext:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    show_progress: bool = True
+    out_dir: Path | None = None
+    # Where fit keeps training checkpoints (None: it keeps none) and whether it continues from them.
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    run_index: int = 0
+    train_stage: str | None = None
+    # Fast paths ([run] options; rtk.config.spec.RunConfig documents them). Defaults change no number.
+    amp: str = "off"  # "bf16": autocast in training
+    eval_amp: str = "off"  # "bf16": autocast in evaluation and certification
+    channels_last: bool = False
+    workers: int = 0
+    pin_memory: bool = False
+    non_blocking: bool = True
+    feature_cache_mb: float | None = None  # cached features above this size live in a memory-mapped file
+    _fits: dict = field(default_factory=dict, repr=False)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on the run's device: pinned first when ``pin_memory`` (so the copy can
+        overlap compute with ``non_blocking``), channels_last for 4-D images when asked."""
+        if self.device.type == "cuda" and self.pin_memory and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=self.non_blocking and self.device.type == "cuda")
+        if self.channels_last and tensor.ndim == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def autocast(self, stage: str = "train"):
+        """bf16 autocast for ``stage`` ("train" or "eval") when the run asks for it, else a no-op."""
+        kind = self.amp if stage == "train" else self.eval_amp
+        if kind == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def world(self):
+        """This process's rank and the job's size (rtk.services.distributed.World)."""
+        from rtk.services.distributed import world
+
+        return world()
+
+    def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh generator seeded from the run seed (offset separates independent streams)."""
+        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + offset)
+
+    def train_checkpoint(self, stage: str | None = None) -> Path | None:
+        """The checkpoint file of the next ``fit`` of ``stage`` (default: the stage running now).
+
+        A strategy that trains twice (probe, then fine-tune) gets one file per call, so that a
+        resumed run finds the first training finished and continues the second.
+        """
+        stage = stage or self.train_stage
+        if self.checkpoint_dir is None or stage is None:
+            return None
+        calls = self._fits[stage] = self._fits.get(stage, -1) + 1
+        return Path(self.checkpoint_dir) / f"{stage}-{self.run_index}{f'.{calls}' if calls else ''}.pt"
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None):
+        """A rich progress bar for a long loop; yields ``advance(n=1)``."""
+        if not self.show_progress or not self.console.is_terminal:  # bars are noise in logs and pipes
+            yield lambda n=1: None
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
