@@ -9,35 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_NUM_THREADS", "2")
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def mnist_root() -> Path | None:
-    """RTK_DATA, else ../shared/data beside the repository, when it holds MNIST/raw."""
-    for candidate in (os.environ.get("RTK_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
-            return Path(candidate)
-    return None
-
-
-def require_mnist() -> Path:
-    """mnist_root(), or skip the test when MNIST is absent."""
-    root = mnist_root()
-    if root is None:
-        pytest.skip("MNIST not found: set RTK_DATA to a folder holding MNIST/raw/ (or put it in ../shared/data)")
-    return root
-
-
-def run_on_mnist(path: Path, out: Path) -> list[dict]:
-    """Run a recipes/mini recipe as shipped, its datasets read from mnist_root(); its runs'
-    results. Skips the test when MNIST is absent."""
-    from rtk.config.recipe import load_recipe
-    from rtk.registry import default_registry
-    from rtk.stages.runner import Runner
-
-    root = require_mnist()
-    recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])
-    return Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
+from tests.helpers import TINY_RECIPE
 
 
 @pytest.fixture
@@ -65,46 +37,6 @@ def write_recipe(tmp_path):
     return write
 
 
-TINY_RECIPE = """
-[run]
-name = "tiny"
-seed = 0
-device = "cpu"
-
-[source]
-model = "small-cnn"
-channels = [8, 16]
-feature_dim = 32
-
-[source.data]
-dataset = "digits"
-classes = [0, 1, 2, 3, 4]
-
-[source.train]
-epochs = 2
-batch_size = 64
-lr = 3e-3
-
-[target]
-dataset = "digits"
-classes = [5, 6, 7, 8, 9]
-
-[transfer]
-strategy = "linear-probe"
-epochs = 3
-lr = 1e-2
-
-[eval]
-n = 60
-
-[[eval.attacks]]
-name = "pgd"
-label = "PGD-5"
-eps = 0.1
-steps = 5
-"""
-
-
 @pytest.fixture
 def tiny_recipe(write_recipe):
     """A recipe that trains, transfers and attacks in a few seconds."""
@@ -120,3 +52,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ (subprocesses, SIGKILL, torchrun, whole recipes) is marked e2e,
+    so that ``pytest -m "not e2e"`` skips it locally; CI runs it."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.e2e)

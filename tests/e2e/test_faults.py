@@ -15,7 +15,7 @@ import tomli_w
 from rtk.errors import OutputError
 from rtk.services.locking import LOCK_NAME, OutputLock
 from rtk.services.results import atomic_write_text
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 WEIGHTS_RECIPE = """
 [run]

@@ -10,11 +10,11 @@ from torch import nn
 
 from rtk.evaluation.attacks import Attack
 from rtk.config.fields import option
-from rtk.stages.context import RunContext
 from rtk.evaluation.sanity import SanityAttack, sanity_checks
 from rtk.evaluation.sanity import Sample, check_black_box
 from rtk_plugins.attacks import PGDConfig, make_pgd
-from tests.digits_models import train_digits_cnn
+from tests.helpers import quiet_context
+from tests.helpers import train_digits_cnn
 
 N = 100
 EPS = 0.1  # Linf on 8x8 digits: PGD-10 takes the healthy model from ~0.9 to ~0.4, so it measures something
@@ -32,7 +32,7 @@ def trained(one_thread):
 
 @pytest.fixture
 def ctx():
-    return RunContext(seed=0, show_progress=False)
+    return quiet_context(seed=0)
 
 
 def pgd(eps=EPS, steps=10):

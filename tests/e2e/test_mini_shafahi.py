@@ -13,7 +13,7 @@ import pytest
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.config.spec import resolve
-from tests.conftest import REPO, run_on_mnist
+from tests.helpers import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 RECIPES = {"frozen_features", "retrain_blocks", "lwf", "mlp_head"}

@@ -15,7 +15,7 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.config.spec import resolve
 from rtk_plugins.smoothing import max_certifiable_radius
-from tests.conftest import REPO, run_on_mnist
+from tests.helpers import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 NOISE = MINI / "study_noise_certifies.toml"

@@ -3,7 +3,7 @@ robustness transfers through frozen robust features and not through natural ones
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_quickstart_robust_source_keeps_robustness(tmp_path):

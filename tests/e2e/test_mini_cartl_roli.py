@@ -18,7 +18,7 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.config.spec import resolve
 from rtk_plugins.roli import RanLIConfig
-from tests.conftest import REPO, run_on_mnist
+from tests.helpers import REPO, run_on_mnist
 
 MINI = REPO / "recipes" / "mini"
 CARTL, ROLI = MINI / "cartl_neft.toml", MINI / "roli_head.toml"

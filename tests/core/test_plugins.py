@@ -12,7 +12,7 @@ from rtk.config.fields import option
 from rtk.errors import PluginError, UnknownComponentError
 from rtk.plugins import load_plugins
 from rtk.registry import Registry, registry_with
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def plugin_module(name: str, **hooks) -> types.ModuleType:

@@ -27,7 +27,7 @@ from rtk.models import RtkModel
 from rtk.plugins import load_plugins
 from rtk.registry import Registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "rtk-plugin-example"
 SRC = EXAMPLE / "src"
 RECIPE = EXAMPLE / "recipe.toml"

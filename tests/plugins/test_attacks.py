@@ -10,8 +10,8 @@ from rtk.config.fields import build_config
 from rtk.errors import RtkError
 from rtk.evaluation.robust_accuracy import check_threat_model
 from rtk.registry import default_registry
-from tests.digits_models import small_cnn, train_digits_cnn
-from tests.conftest import TINY_RECIPE
+from tests.helpers import small_cnn, train_digits_cnn
+from tests.helpers import TINY_RECIPE
 
 LINF, L2 = 0.15, 1.0  # digits pixels come in steps of 1/16: these break an undefended small CNN
 

@@ -13,7 +13,7 @@ from rtk.config.fields import option
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry, registry_with
 from rtk.stages.runner import Runner
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 
 def run_recipe(path, out, overrides=(), registry=None, profile=None):

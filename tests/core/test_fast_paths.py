@@ -14,7 +14,7 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.strategy import compute_features
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 RECIPE = TINY_RECIPE.replace("n = 60", "n = 60\nsanity = false")
 

@@ -17,8 +17,8 @@ from rtk.errors import RtkError
 from rtk.models import RtkModel
 from rtk.stages.training import CrossEntropy
 from rtk_plugins.lwf import LwFConfig, make_lwf
-from tests.conftest import TINY_RECIPE
-from tests.test_transfer_strategies import bn_affine, bn_buffers, bn_cnn, changed, digits_target, snapshot
+from tests.helpers import TINY_RECIPE
+from tests.plugins.test_transfer_strategies import bn_affine, bn_buffers, bn_cnn, changed, digits_target, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.training import fit
-from tests.conftest import REPO, TINY_RECIPE
+from tests.helpers import REPO, TINY_RECIPE
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
@@ -101,7 +101,7 @@ from rtk.services import distributed
 from rtk.stages.context import RunContext
 from rtk.evaluation.robust_accuracy import evaluate
 from rtk.stages.training import fit
-from tests.test_distributed import Recorder, linear_model, workload
+from tests.e2e.test_distributed import Recorder, linear_model, workload
 
 torch.set_num_threads(1)
 world = distributed.init()

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from rtk.config.recipe import load_recipe, paper_for
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("study_table*.toml"))
 SMOKE = [(path, profile) for path in RECIPES for profile in load_recipe(path).profiles if profile.startswith("smoke")]

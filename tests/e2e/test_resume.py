@@ -18,8 +18,8 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import registry_with, using
 from rtk.stages.runner import Runner
 from rtk.stages.training import CrossEntropy, fit
-from tests.conftest import TINY_RECIPE
-from tests.kill_helpers import kill_cli_at_marker
+from tests.helpers import TINY_RECIPE
+from tests.helpers import kill_cli_at_marker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,7 +124,7 @@ def killed_at(recipe, out: Path, loss: int | None) -> None:
     loss (None: while it runs its first certification)."""
     marker = out.parent / f"{out.name}-hanging"
     hang = {"RTK_TEST_HANG": f"{marker}:{loss}"} if loss is not None else {"RTK_TEST_HANG_CERTIFY": str(marker)}
-    stderr = kill_cli_at_marker("tests.test_resume:make_registry", ["run", recipe, "--out", out, "--quiet"], marker, hang,
+    stderr = kill_cli_at_marker("tests.e2e.test_resume:make_registry", ["run", recipe, "--out", out, "--quiet"], marker, hang,
                                 timeout=120, one_thread=True)
     assert marker.exists(), f"the run never reached loss {loss}: {stderr!r}"
 

@@ -19,8 +19,8 @@ from rtk_plugins.objectives import tensor_augment as A
 from rtk_plugins.objectives.simclr import nt_xent
 from rtk_plugins.objectives import (FreeATConfig, PGDATConfig, SimCLRConfig, TRADESConfig, make_free_at, make_pgd_at,
                                     make_simclr, make_trades)
-from tests.conftest import TINY_RECIPE
-from tests.digits_models import small_cnn
+from tests.helpers import TINY_RECIPE
+from tests.helpers import small_cnn
 
 
 def tiny_model(channels: int = 1, classes: int = 3) -> nn.Module:

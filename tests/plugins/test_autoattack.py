@@ -18,7 +18,7 @@ from rtk.registry import default_registry
 from rtk_plugins.attacks import autoattack as backend_module
 from rtk_plugins.attacks.autoattack import reference_autoattack, torchattacks_autoattack
 from rtk_plugins.attacks import AutoAttackConfig
-from tests.digits_models import small_cnn, train_digits_cnn
+from tests.helpers import small_cnn, train_digits_cnn
 
 EPS = 0.15  # Linf on digits (pixels in steps of 1/16): leaves a point or two that survive all four attacks
 N = 64

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.stages.context import RunContext
+from tests.helpers import quiet_context
 from rtk.data import DataSplits, ImageSet
 from rtk.errors import RtkError
 from rtk_plugins.cartl.fdm import FeatureDistanceMinimization
@@ -18,7 +18,7 @@ from rtk_plugins.attacks.pgd import torchattacks_pgd
 from rtk_plugins.models.wrn import wide_resnet
 from rtk_plugins.cartl import CARTLFDMConfig, NEFTConfig
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cartl_cifar.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cartl_cifar.toml"
 
 
 def tiny_wrn(classes=3, units=1):
@@ -35,7 +35,7 @@ def tiny_data(n=48, classes=3, size=16):
 
 
 def ctx():
-    return RunContext(show_progress=False)
+    return quiet_context()
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.stages.context import RunContext
+from tests.helpers import quiet_context
 from rtk.data import DataSplits, ImageSet
 from rtk.errors import RtkError
 from rtk_plugins.roli.strategy import RoLI
 from rtk_plugins.timm_models.timm_wrap import timm_model
 from rtk_plugins.roli import RanLIConfig, RoLIConfig
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "roli_cifar.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "roli_cifar.toml"
 DIM, DEPTH, CLASSES = 32, 2, 3
 
 
@@ -38,7 +38,7 @@ def tiny_data(n=24, val=12):
 
 
 def ctx():
-    return RunContext(show_progress=False)
+    return quiet_context()
 
 
 def test_variant_parameter_counts_match_hand_counts_vit():

@@ -17,7 +17,7 @@ from rtk.errors import DataError
 from rtk_plugins.datasets import (CifarConfig, DigitsConfig, ImageFolderConfig, MnistConfig, SvhnConfig, make_cifar10,
                                   make_cifar100, make_digits, make_imagefolder, make_mnist, make_svhn)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rtk.config.recipe import load_recipe
-from tests.conftest import REPO, require_mnist
+from tests.helpers import REPO, require_mnist
 
 MINI = sorted((REPO / "recipes" / "mini").glob("*.toml"))
 

@@ -16,7 +16,7 @@ from rtk.errors import RtkError
 from rtk_plugins.datasets import DigitsConfig, make_digits
 from rtk_plugins.smoothing.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
 from rtk_plugins.smoothing import CohenConfig, max_certifiable_radius, min_certify_n, min_predict_n
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 PHI_INV = NormalDist().inv_cdf
 

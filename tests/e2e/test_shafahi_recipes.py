@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("shafahi_*.toml"))
 NAMES = [p.stem for p in RECIPES]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtk.cli import cli as group
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 BASE = tomllib.loads(TINY_RECIPE)
 BASE["profile"] = {"smoke": {"source.train.epochs": 1, "eval": {"n": 10}}}

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from rtk.config.fields import ConfigValueError, build_config
-from rtk.stages.context import RunContext
 from rtk.data import DataSplits, ImageSet, iterate
 from rtk.errors import RtkError
 from rtk.models import Normalize, RtkModel
@@ -20,7 +19,8 @@ from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.training import CrossEntropy
 from rtk_plugins.transfer import FinetuneConfig, LinearProbeConfig, MLPHeadConfig, RetrainLastKConfig, make_finetune, make_linear_probe, make_mlp_head, make_retrain_last_k
-from tests.conftest import TINY_RECIPE
+from tests.helpers import quiet_context
+from tests.helpers import TINY_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,8 +55,8 @@ def digits_target(n: int = 200, classes=(5, 6, 7, 8, 9)) -> DataSplits:
     return DataSplits(keep(splits.train, n), keep(splits.test, 100), num_classes=len(classes))
 
 
-def ctx() -> RunContext:
-    return RunContext(show_progress=False)
+def ctx():
+    return quiet_context()
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -14,15 +14,15 @@ import torch
 import rtk
 from rtk.evaluation.attacks import Attack
 from rtk.config.fields import option
-from rtk.stages.context import RunContext
 from rtk.data import apply_options
 from rtk.errors import RtkError
 from rtk.evaluation.robust_accuracy import EvalState, evaluate
 from rtk.config.recipe import load_recipe
 from rtk.registry import registry_with, using
 from rtk.stages.runner import Runner
-from tests.conftest import TINY_RECIPE
-from tests.kill_helpers import kill_cli_at_marker
+from tests.helpers import quiet_context
+from tests.helpers import TINY_RECIPE
+from tests.helpers import kill_cli_at_marker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,7 +158,7 @@ def eval_args(weights, *extra):
 
 
 def ctx(seed=0):
-    return RunContext(seed=seed, show_progress=False)
+    return quiet_context(seed=seed)
 
 
 @pytest.mark.parametrize("order", ["independent", "sequential"])
@@ -300,7 +300,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(trained, fake_regis
                      "--batch-size", "10", "--set", "eval.sanity=false")
     out, marker = tmp_path / "killed", tmp_path / "hanging"
     # The same CLI as `python -m rtk`, with the test's attack plugin added to the registry.
-    stderr = kill_cli_at_marker("tests.test_evaluation:make_fake_registry", [*args, "--out", out], marker,
+    stderr = kill_cli_at_marker("tests.core.test_evaluation:make_fake_registry", [*args, "--out", out], marker,
                                 {"RTK_TEST_HANG": f"{marker}:3"})
     assert marker.exists(), f"the evaluation never reached its third batch: {stderr!r}"
     assert not (out / "results.json").exists() and (out / "checkpoints" / "run-0.safetensors").is_file()

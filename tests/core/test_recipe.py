@@ -5,7 +5,7 @@ from rtk.errors import RecipeError
 from rtk.config.recipe import load_recipe, paper_for, parse_value
 from rtk.registry import default_registry
 from rtk.config.spec import resolve
-from tests.conftest import REPO, TINY_RECIPE
+from tests.helpers import REPO, TINY_RECIPE
 
 
 def specs(path, profile=None, overrides=()):
