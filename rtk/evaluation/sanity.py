@@ -28,6 +28,16 @@ class SanityAttack:
     label: str
     config: Any
     build: Callable[[Any], Any]
+    # What the attack declared when it registered (rtk.registry.TRAITS["attack"]).
+    sanity_fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    black_box: bool = False
+
+    @classmethod
+    def of(cls, spec) -> "SanityAttack":
+        """The sanity view of a recipe's attack (an rtk.config.spec.ComponentSpec)."""
+        variant = {"variant": spec.variant} if spec.variant is not None else {}
+        return cls(spec.label, spec.config, lambda config: spec.component.factory(config, **variant),
+                   dict(spec.component.trait("sanity_fields")), bool(spec.component.trait("black_box")))
 
 
 LARGE_EPS_MAX_ACCURACY = 0.10  # at least; the threshold is max(this, 1 / number of classes)

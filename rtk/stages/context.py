@@ -32,7 +32,7 @@ class RunContext:
     resume: bool = False
     run_index: int = 0
     train_stage: str | None = None
-    # Fast paths ([run] options; rtk.config.spec.RunConfig documents them). Defaults change no number.
+    # Fast paths ([run] options; rtk.config.schema.RunConfig documents them). Defaults change no number.
     amp: str = "off"  # "bf16": autocast in training
     eval_amp: str = "off"  # "bf16": autocast in evaluation and certification
     channels_last: bool = False

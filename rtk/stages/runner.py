@@ -93,12 +93,6 @@ def accuracy(model, data, ctx: RunContext, batch_size: int = 512) -> float:
     return evaluate(model, data, [], ctx, batch_size)["metrics"]["clean"]
 
 
-def sanity_attack(spec: ComponentSpec) -> SanityAttack:
-    """The sanity checks rebuild an attack with changed options (more steps, larger eps)."""
-    variant = {"variant": spec.variant} if spec.variant is not None else {}
-    return SanityAttack(spec.label, spec.config, lambda config: spec.component.factory(config, **variant))
-
-
 def first_difference(a, b, prefix: str = "") -> str | None:
     """The first dotted key at which two TOML documents differ."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -326,7 +320,7 @@ class Runner:
             config = spec.eval
             indices = select_indices(len(target.test), config.n, config.subset, config.subset_seed)
             attacks = [(a.label, a.build()) for a in spec.attacks]
-            sanity = [sanity_attack(a) for a in spec.attacks] if config.sanity and config.sanity_n > 0 else None
+            sanity = [SanityAttack.of(a) for a in spec.attacks] if config.sanity and config.sanity_n > 0 else None
             state = EvalState(self.state_paths(index)[2], self.resume,
                               {"attack_configs": [[a.name, to_table(a.config)] for a in spec.attacks]})
             result = evaluate(model, target.test, attacks, ctx, config.batch_size, indices, order=config.attack_order,
