@@ -36,7 +36,12 @@ def resized_crop_boxes(n: int, h: int, w: int, generator: torch.Generator, scale
     pick = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731
     cw, ch, found = pick(cw), pick(ch), fits.any(1)
     in_ratio = w / h  # the fallback: a central crop of the allowed ratio closest to the image's
-    fw, fh = (w, round(w / ratio[0])) if in_ratio < ratio[0] else (round(h * ratio[1]), h) if in_ratio > ratio[1] else (w, h)
+    if in_ratio < ratio[0]:
+        fw, fh = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(h * ratio[1]), h
+    else:
+        fw, fh = w, h
     cw, ch = torch.where(found, cw, float(fw)), torch.where(found, ch, float(fh))
     top = (torch.rand(n, generator=generator) * (h - ch + 1)).floor()
     left = (torch.rand(n, generator=generator) * (w - cw + 1)).floor()

@@ -5,23 +5,31 @@ callback, and the plugin calls ``register`` for each component it provides::
 
     @rtk.hookimpl
     def register_attacks(register):
-        register("my-attack", make_my_attack, config=MyAttackConfig, summary="One line.")
+        register("my-attack", "my_package.attack:MyAttack", config=MyAttackConfig, summary="One line.",
+                 sanity_fields={"eps": "eps", "steps": "steps"})
 
-``register(name, factory, config=ConfigClass, summary="...", replace=False)``:
+``register(name, factory, config=ConfigClass, summary="...", replace=False, **traits)``:
 
 - ``name``: the name recipes use (``[[eval.attacks]] name = "my-attack"``). A name registered
   by two plugins is an error naming both, unless the later one passes ``replace=True``.
   A name ending in ``/*`` (for example ``"timm/*"``) matches every ``"timm/<variant>"``; the
   factory then receives the variant as ``variant=`` keyword.
 - ``factory``: a callable building the component from an instance of ``config`` (see each
-  hook for its extra arguments and what it must return).
+  hook for its extra arguments and what it must return), or the string
+  ``"package.module:Name"`` of one: it is imported only when the component is built, so
+  listing plugins and validating recipes import none of the plugin's heavy code.
 - ``config``: a dataclass whose fields are the component's recipe options; field defaults
   are the component's defaults and ``metadata["help"]`` documents each field
   (``rtk list-plugins --options NAME`` shows them). Use :func:`rtk.config.fields.option`.
 - ``summary``: one line shown by ``rtk list-plugins``.
+- ``traits``: what the component supports, declared by keyword (``rtk.registry.TRAITS`` lists
+  each kind's with its default): an attack's ``sanity_fields`` (the config fields the sanity
+  checks may vary, by role: ``{"eps": ..., "steps": ..., "restarts": ...}``) and ``black_box``;
+  a strategy's ``takes_objective`` (``rtk validate`` rejects a ``[transfer.objective]`` for a
+  strategy that does not take one). An undeclared trait name is an error.
 
-Import heavy libraries (torch models, timm, torchattacks, scipy) inside factories so that
-``rtk list-plugins`` and ``rtk validate`` stay fast.
+Keep the module that registers light (configs and register lines, no torch): give the factory
+as a string, or import heavy libraries (timm, torchattacks, scipy) inside it.
 """
 import pluggy
 

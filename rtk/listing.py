@@ -36,13 +36,16 @@ def show_options(registry: Registry, name: str, kind: str | None, as_json: bool,
     if not matches:
         raise UnknownComponentError(f'no component named "{name}"; run `rtk list-plugins` to see all')
     if as_json:
-        console.print_json(json.dumps([{"kind": c.kind, "name": c.name, "options": describe(c.config)} for c in matches], default=str))
+        rows = [{"kind": c.kind, "name": c.name, "options": describe(c.config)} for c in matches]
+        console.print_json(json.dumps(rows, default=str))
         return
     for c in matches:
-        table = Table(title=f"{c.kind} {c.name} ({c.provider})", caption=(c.config.__doc__ or "").strip().split("\n\n")[0])
+        caption = (c.config.__doc__ or "").strip().split("\n\n")[0]
+        table = Table(title=f"{c.kind} {c.name} ({c.provider})", caption=caption)
         for column in ("option", "type", "default", "range", "help"):
             table.add_column(column, overflow="fold")
         for row in describe(c.config):
-            bounds = "" if row["min"] is None and row["max"] is None else f"[{'' if row['min'] is None else row['min']}, {'' if row['max'] is None else row['max']}]"
+            low, high = ("" if bound is None else bound for bound in (row["min"], row["max"]))
+            bounds = "" if row["min"] is None and row["max"] is None else f"[{low}, {high}]"
             table.add_row(row["name"], row["type"], json.dumps(row["default"], default=str), bounds, row["help"])
         console.print(table)

@@ -115,7 +115,7 @@ class Registry:
             if unknown:
                 valid = ", ".join(TRAITS[kind]) or "none"
                 raise PluginError(f'plugin "{info.name}": {KINDS[kind][1]} "{name}" declares {", ".join(unknown)};'
-                                  f" a {KINDS[kind][1]} may declare: {valid}")
+                                  f" {KINDS[kind][1]} components may declare: {valid}")
             if isinstance(factory, str) and ":" not in factory:
                 raise PluginError(f'plugin "{info.name}": factory of {KINDS[kind][1]} "{name}" must be a callable or'
                                   f' "package.module:Name", got "{factory}"')

@@ -53,7 +53,8 @@ class Recipe:
 
 def read_toml(path: Path) -> dict:
     if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist; check the path (`rtk run recipes/quickstart.toml` runs the quickstart)")
+        raise RecipeError(f"recipe {path} does not exist; check the path"
+                          " (`rtk run recipes/quickstart.toml` runs the quickstart)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -94,7 +95,8 @@ def set_dotted(raw: dict, key: str, value: Any, origin: str) -> None:
         return
     parts = split_key(key)
     if parts[0] not in TOP_LEVEL or parts[0] in ("profile",):
-        raise RecipeError(f'{origin}: "{key}" does not name a recipe table; tables: {", ".join(t for t in TOP_LEVEL if t != "profile")}')
+        tables = ", ".join(t for t in TOP_LEVEL if t != "profile")
+        raise RecipeError(f'{origin}: "{key}" does not name a recipe table; tables: {tables}')
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
@@ -167,7 +169,8 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
         chosen = dict(profiles[profile])
         unset = chosen.pop("unset", [])
         if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
-            raise RecipeError(f'{path}: [profile.{profile}] unset: expected a list of dotted keys, e.g. unset = ["source.weights"]')
+            raise RecipeError(f"{path}: [profile.{profile}] unset: expected a list of dotted keys,"
+                              ' e.g. unset = ["source.weights"]')
         for key in unset:  # before the values, so a profile can replace a whole table
             unset_dotted(raw, key, f"{path}: [profile.{profile}] unset")
         for key, value in _flatten_profile(chosen):
@@ -188,7 +191,8 @@ def _check_depth(raw: dict, origin: str) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise RecipeError(f"{origin}: tables or arrays nested more than {MAX_DEPTH} levels deep; no recipe option needs that")
+            raise RecipeError(f"{origin}: tables or arrays nested more than {MAX_DEPTH} levels deep;"
+                              " no recipe option needs that")
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
@@ -208,7 +212,8 @@ def _flatten_profile(table: dict, prefix: str = ""):
 
 def _short(value: Any) -> str:
     if isinstance(value, dict):
-        return str(value.get("name") or value.get("label") or value.get("strategy") or value.get("model") or value.get("dataset") or "table")
+        named = (value.get(key) for key in ("name", "label", "strategy", "model", "dataset"))
+        return str(next((name for name in named if name), "table"))
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -237,7 +242,8 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
     keys = list(axes)
     total = math.prod(len(axes[k]) for k in keys)
     if total > MAX_SWEEP_POINTS:
-        raise recipe.error("sweep", f"expands to {total} runs, more than {MAX_SWEEP_POINTS}; split the sweep into several recipes")
+        raise recipe.error("sweep", f"expands to {total} runs, more than {MAX_SWEEP_POINTS};"
+                                    " split the sweep into several recipes")
     run_table = recipe.raw.get("run")
     name = run_table.get("name", "run") if isinstance(run_table, dict) else "run"
     points, seen = [], {}
@@ -264,7 +270,8 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
 
 def _check_case(recipe: Recipe, index: int, case: Any) -> dict:
     if not isinstance(case, dict) or not [k for k in case if k != "id"]:
-        raise recipe.error("sweep", f'cases.{index} must be a table of "dotted.key" = value ([[sweep.cases]]), got {case!r}')
+        raise recipe.error("sweep", f'cases.{index} must be a table of "dotted.key" = value ([[sweep.cases]]),'
+                                    f" got {case!r}")
     for key in case:
         if key != "id":
             split_key(key)
@@ -300,7 +307,8 @@ def _check_paper_numbers(recipe: Recipe, numbers: dict, table: str) -> None:
     for key, value in numbers.items():
         bounded = key not in UNBOUNDED_PAPER_METRICS
         if isinstance(value, bool) or (isinstance(value, (int, float)) and (value < 0 or (bounded and value > 1))):
-            raise recipe.error(table, f"{key} = {value!r}: published accuracies are fractions in [0, 1] (write 0.8123 for 81.23%), or a string such as \"unknown\"")
+            raise recipe.error(table, f"{key} = {value!r}: published accuracies are fractions in [0, 1]"
+                                      ' (write 0.8123 for 81.23%), or a string such as "unknown"')
 
 
 def get_dotted_param(params: dict[str, Any], key: str) -> Any:

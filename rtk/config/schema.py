@@ -20,10 +20,14 @@ class DatasetConfig:
     """Options shared by every dataset."""
 
     classes: list[int] | None = option(None, help="keep only these classes (original label ids), e.g. [5, 6, 7, 8, 9]")
-    remap: bool = option(True, help="relabel the kept classes 0..k-1 in the order listed (false keeps the original ids and class count, as split CIFAR-100 does)")
+    remap: bool = option(True, help=(
+        "relabel the kept classes 0..k-1 in the order listed (false keeps the original ids and class count, as split "
+        "CIFAR-100 does)"))
     per_class: int | None = option(None, min=1, help="keep N training examples per class (seeded): low-data regimes")
-    val_fraction: float = option(0.0, min=0.0, max=0.9, help="hold out this fraction of the training set as a validation split (stratified, seeded)")
-    seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the per_class and validation draws (independent of the run seed, so every run sees the same subset)")
+    val_fraction: float = option(0.0, min=0.0, max=0.9, help=(
+        "hold out this fraction of the training set as a validation split (stratified, seeded)"))
+    seed: int = option(0, min=-2**63, max=2**64 - 1, help=(
+        "seed of the per_class and validation draws (independent of the run seed, so every run sees the same subset)"))
 
 
 
@@ -37,17 +41,23 @@ class TrainConfig:
     lr: float = option(1e-3, min=0.0, help="learning rate")
     momentum: float = option(0.9, min=0.0, max=1.0, help="SGD momentum")
     weight_decay: float = option(0.0, min=0.0, help="L2 weight decay (coupled for sgd/adam, decoupled for adamw)")
-    decay_bias_and_norm: bool = option(True, help="apply weight_decay to biases and normalization parameters too (false: only to conv/linear weights, as TF codes that decay the DW variables do)")
-    schedule: Literal["constant", "cosine", "multistep"] = option("constant", help="learning-rate schedule, stepped per iteration")
-    milestones: list[float] = option(default_factory=list, help="multistep: epochs at which the rate is multiplied by gamma")
+    decay_bias_and_norm: bool = option(True, help=(
+        "apply weight_decay to biases and normalization parameters too (false: only to conv/linear weights, as TF "
+        "codes that decay the DW variables do)"))
+    schedule: Literal["constant", "cosine", "multistep"] = option("constant", help=(
+        "learning-rate schedule, stepped per iteration"))
+    milestones: list[float] = option(default_factory=list, help=(
+        "multistep: epochs at which the rate is multiplied by gamma"))
     gamma: float = option(0.1, min=0.0, help="multistep decay factor")
-    warmup_epochs: float = option(0.0, min=0.0, help="linear learning-rate warm-up over this many epochs, per step, before the schedule")
+    warmup_epochs: float = option(0.0, min=0.0, help=(
+        "linear learning-rate warm-up over this many epochs, per step, before the schedule"))
     adam_eps: float = option(1e-8, min=0.0, help="Adam/AdamW epsilon")
     adam_betas: list[float] = option(default_factory=lambda: [0.9, 0.999], help="Adam/AdamW betas")
     augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("none", help=(
         "batch augmentation (crop-flip = pad-4 random crop + horizontal flip; resized-crop-flip = ImageNet-style"
         " RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, back to the input size, + flip)"))
-    checkpoint_every: int = option(0, min=0, help="also save a resumable training checkpoint every N steps (0: at the end of every epoch only)")
+    checkpoint_every: int = option(0, min=0, help=(
+        "also save a resumable training checkpoint every N steps (0: at the end of every epoch only)"))
 
 
 @dataclass
@@ -56,17 +66,32 @@ class RunConfig:
 
     name: str = option("rtk-run", help="name of the run (default output folder runs/NAME/...)")
     seed: int = option(0, min=0, max=2**31 - 1, help="seed of every random stream of the run (CPU runs repeat exactly)")
-    device: str = option("auto", help='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (under torchrun "auto" and "cuda" mean cuda:LOCAL_RANK)')
+    device: str = option("auto", help=(
+        '"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (under torchrun "auto" and "cuda" mean '
+        'cuda:LOCAL_RANK)'))
     # Fast paths. Those that can change numbers are off by default; evaluation and certification
     # stay in float32 unless eval_amp says otherwise.
-    amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast in training (source and transfer); changes training numbers. Allowed on CPU too (torch\'s CPU autocast), where it is rarely faster')
-    eval_amp: Literal["off", "bf16"] = option("off", help='"bf16": bf16 autocast also in evaluation, attacks, feature extraction and certification; changes evaluation numbers, so off by default')
-    channels_last: bool = option(False, help="channels_last memory format for the model's weights and image batches (faster convolutions on tensor-core GPUs; may change the last bits of results)")
-    compile: bool = option(False, help="torch.compile the model's forward (nn.Module.compile): slow first batches, then faster; may change the last bits of results")
-    workers: int = option(0, min=0, max=256, help="DataLoader worker processes for file-backed datasets (in-memory datasets are sliced in the main process, which is faster)")
+    amp: Literal["off", "bf16"] = option("off", help=(
+        '"bf16": bf16 autocast in training (source and transfer); changes training numbers. Allowed on CPU too '
+        '(torch\'s CPU autocast), where it is rarely faster'))
+    eval_amp: Literal["off", "bf16"] = option("off", help=(
+        '"bf16": bf16 autocast also in evaluation, attacks, feature extraction and certification; changes evaluation '
+        'numbers, so off by default'))
+    channels_last: bool = option(False, help=(
+        "channels_last memory format for the model's weights and image batches (faster convolutions on tensor-core "
+        "GPUs; may change the last bits of results)"))
+    compile: bool = option(False, help=(
+        "torch.compile the model's forward (nn.Module.compile): slow first batches, then faster; may change the last "
+        "bits of results"))
+    workers: int = option(0, min=0, max=256, help=(
+        "DataLoader worker processes for file-backed datasets (in-memory datasets are sliced in the main process, "
+        "which is faster)"))
     pin_memory: bool = option(False, help="pin host batches before copying them to a CUDA device (no effect on CPU)")
-    non_blocking: bool = option(True, help="copy batches to a CUDA device asynchronously (no effect on CPU; does not change results)")
-    feature_cache_mb: float | None = option(2048.0, min=0.0, help="cached features (linear probes, LwF) larger than this many MiB are written to a memory-mapped file in the run folder's feature-cache/ instead of memory; unset: always in memory")
+    non_blocking: bool = option(True, help=(
+        "copy batches to a CUDA device asynchronously (no effect on CPU; does not change results)"))
+    feature_cache_mb: float | None = option(2048.0, min=0.0, help=(
+        "cached features (linear probes, LwF) larger than this many MiB are written to a memory-mapped file in the "
+        "run folder's feature-cache/ instead of memory; unset: always in memory"))
 
 
 @dataclass
@@ -75,12 +100,21 @@ class EvalConfig:
 
     batch_size: int = option(256, min=1, max=1_000_000, help="examples per attack batch")
     n: int | None = option(None, min=1, help="evaluate on n test examples (all when unset)")
-    subset: Literal["first", "random", "stride"] = option("first", help="which n examples: the first n, a seeded random draw, or n evenly spaced over the whole test set")
+    subset: Literal["first", "random", "stride"] = option("first", help=(
+        "which n examples: the first n, a seeded random draw, or n evenly spaced over the whole test set"))
     subset_seed: int = option(0, min=-2**63, max=2**64 - 1, help="seed of the random subset")
-    attack_order: Literal["independent", "sequential"] = option("independent", help='"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case either way')
-    per_class: bool = option(False, help='add clean, per-attack and robust accuracy of every class to the results ("per_class")')
-    sanity: bool = option(True, help="run the sanity checks (randomness in the forward pass, zero gradients, black-box beating white-box, accuracy rising with more steps or larger eps) and report their flags")
-    sanity_n: int = option(100, min=0, help="how many of the evaluated examples (the first ones) the sanity checks use; 0 turns them off")
+    attack_order: Literal["independent", "sequential"] = option("independent", help=(
+        '"independent": every clean-correct example meets every attack, so each attack column is that attack\'s own '
+        'accuracy (papers\' side-by-side columns); "sequential": an attack only sees the examples the earlier ones '
+        'failed on (cheaper, AutoAttack-style), so the columns are cumulative. robust is the per-example worst case '
+        'either way'))
+    per_class: bool = option(False, help=(
+        'add clean, per-attack and robust accuracy of every class to the results ("per_class")'))
+    sanity: bool = option(True, help=(
+        "run the sanity checks (randomness in the forward pass, zero gradients, black-box beating white-box, "
+        "accuracy rising with more steps or larger eps) and report their flags"))
+    sanity_n: int = option(100, min=0, help=(
+        "how many of the evaluated examples (the first ones) the sanity checks use; 0 turns them off"))
 
 
 HeadInit = Literal["default", "zeros", "uniform-unit-scaling", "uniform01"]

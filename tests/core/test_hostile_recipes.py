@@ -36,11 +36,11 @@ nasty_strings = st.sampled_from(["nan", "inf", "-inf", "1e400", "8/0", "1/3", ""
                                  "\x00", "é", "../../etc", "a\nb", "{", "small-cnn\n", "[1,2]", "8/255", "0x10"])
 scalars = st.one_of(nasty_floats, nasty_ints, nasty_strings, st.booleans(), st.integers(),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(st.text(min_size=1, max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(min_size=1, max_size=6), inner, max_size=3)), max_leaves=6)
 keys = st.one_of(st.sampled_from(["model", "dataset", "name", "eps", "steps", "epochs", "lr", "n", "seed", "extra",
-                                  "weights", "num_classes", "label", "attacks", "strategy"]), st.text(min_size=1, max_size=8))
+                                  "weights", "num_classes", "label", "attacks", "strategy"]),
+                 st.text(min_size=1, max_size=8))
 
 
 def _nested(kind: str, depth: int) -> str:
@@ -74,8 +74,9 @@ def mutated(draw):
             raw[draw(st.sampled_from(["runs", "Source", "evaluation", "x"]))] = {"a": 1}
         elif action == "sweep":
             raw["sweep"] = draw(st.one_of(
-                st.dictionaries(st.sampled_from([".".join(map(str, p)) for p in PATHS] + ["nope.key", "eval.attacks.9.eps",
-                                                                                        "run..seed", "", "sweep.x", "eval.attacks.²"]),
+                st.dictionaries(st.sampled_from([".".join(map(str, p)) for p in PATHS]
+                                                + ["nope.key", "eval.attacks.9.eps", "run..seed", "", "sweep.x",
+                                                   "eval.attacks.²"]),
                                 st.one_of(st.lists(values, max_size=3), values), max_size=2),
                 values))
         elif action == "paper":
@@ -94,17 +95,19 @@ def mutated(draw):
     elif edit == "latin1":
         data = data.replace(b'"tiny"', '"tïny"'.encode("latin-1"))
     elif edit == "deep":
-        data += f"\n[certify]\nx = {_nested(draw(st.sampled_from(['table', 'array'])), draw(st.sampled_from([50, 400, 1000, 5000])))}\n".encode()
+        nested = _nested(draw(st.sampled_from(["table", "array"])), draw(st.sampled_from([50, 400, 1000, 5000])))
+        data += f"\n[certify]\nx = {nested}\n".encode()
     elif edit == "garbage":
         data = draw(st.binary(max_size=200))
     args = []
     for _ in range(draw(st.integers(0, 2))):
-        key = draw(st.one_of(st.sampled_from([".".join(map(str, p)) for p in PATHS] + ["", ".", "x", "profile.smoke.x",
-                                                                                  "eval.attacks.5.eps", "sweep.run.seed",
-                                                                                  "run.seed.x", "eval.attacks.٣"]),
+        key = draw(st.one_of(st.sampled_from([".".join(map(str, p)) for p in PATHS]
+                                             + ["", ".", "x", "profile.smoke.x", "eval.attacks.5.eps", "sweep.run.seed",
+                                                "run.seed.x", "eval.attacks.٣"]),
                              st.text(max_size=10)))
-        value = draw(st.one_of(st.sampled_from(["1e400", "nan", "inf", "[", "{a=", "1" * 5000, "[[[[", "8/255", "10**30",
-                                                _nested("array", 3000), _nested("table", 600), "-1", "true", ""]),
+        value = draw(st.one_of(st.sampled_from(["1e400", "nan", "inf", "[", "{a=", "1" * 5000, "[[[[", "8/255",
+                                                "10**30", _nested("array", 3000), _nested("table", 600), "-1", "true",
+                                                ""]),
                                st.text(max_size=10)))
         sep = draw(st.sampled_from(["=", "=", ""]))
         args += ["--set", f"{key}{sep}{value}"]

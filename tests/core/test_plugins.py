@@ -67,7 +67,8 @@ def test_duplicate_name_names_both_providers():
 
 
 def test_replace_true_wins():
-    registry = registry_with(attack_plugin(module="first"), attack_plugin(module="second", replace=True), entry_points=False)
+    registry = registry_with(attack_plugin(module="first"), attack_plugin(module="second", replace=True),
+                             entry_points=False)
     assert registry.get("attack", "dummy-attack").plugin.name == "second"
 
 
@@ -153,3 +154,74 @@ def test_plugin_commands_are_added(monkeypatch, cli):
     monkeypatch.setattr("rtk.cli.RtkGroup._plugins_loaded", False)
     result = cli("hello-plugin")
     assert result.exit_code == 0 and "hello from a plugin" in result.stdout
+
+
+# --- lazy factories and declared traits ------------------------------------------------------
+
+
+def test_a_lazy_factory_is_imported_only_when_the_component_is_built(tmp_path, monkeypatch):
+    (tmp_path / "lazy_attack_impl.py").write_text("BUILT = []\n\ndef build(config):\n    BUILT.append(config)\n"
+                                                  "    return ('built', config.steps)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def register_attacks(register):
+        register("lazy-attack", "lazy_attack_impl:build", config=StepsConfig, summary="lazy")
+
+    import sys
+
+    registry = registry_with(plugin_module("lazy", register_attacks=register_attacks), entry_points=False)
+    component = registry.get("attack", "lazy-attack")
+    assert "lazy_attack_impl" not in sys.modules and component.summary == "lazy"
+    assert component.factory(StepsConfig(steps=4)) == ("built", 4)
+    assert sys.modules["lazy_attack_impl"].BUILT == [StepsConfig(steps=4)]
+
+
+def test_a_lazy_factory_that_cannot_be_imported_names_it():
+    def register_attacks(register):
+        register("broken", "no_such_module_xyz:Attack", config=StepsConfig)
+
+    registry = registry_with(plugin_module("broken", register_attacks=register_attacks), entry_points=False)
+    with pytest.raises(PluginError, match='cannot import the factory "no_such_module_xyz:Attack"'):
+        registry.get("attack", "broken").factory(StepsConfig())
+
+
+def test_a_factory_string_without_a_colon_is_refused():
+    def register_attacks(register):
+        register("bad", "just_a_module", config=StepsConfig)
+
+    with pytest.raises(PluginError, match='"package.module:Name"'):
+        registry_with(plugin_module("bad", register_attacks=register_attacks), entry_points=False)
+
+
+def test_traits_default_per_kind_and_unknown_traits_are_refused():
+    def register_attacks(register):
+        register("declared", lambda config: None, config=StepsConfig, black_box=True, sanity_fields={"steps": "steps"})
+        register("plain", lambda config: None, config=StepsConfig)
+
+    registry = registry_with(plugin_module("traits", register_attacks=register_attacks), entry_points=False)
+    declared, plain = registry.get("attack", "declared"), registry.get("attack", "plain")
+    assert declared.trait("black_box") is True and declared.trait("sanity_fields") == {"steps": "steps"}
+    assert plain.trait("black_box") is False and plain.trait("sanity_fields") == {}
+
+    def register_wrong(register):
+        register("wrong", lambda config: None, config=StepsConfig, takes_objective=True)
+
+    expected = "declares takes_objective; attack components may declare: sanity_fields, black_box"
+    with pytest.raises(PluginError, match=expected):
+        registry_with(plugin_module("wrong", register_attacks=register_wrong), entry_points=False)
+
+
+def test_listing_and_validating_import_no_torch():
+    """The built-in plugins register lazily: `rtk list-plugins` and `rtk validate` never import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom rtk.cli import cli\n"
+            "for args in (['list-plugins'], ['validate', 'recipes/quickstart.toml']):\n"
+            "    result = CliRunner().invoke(cli, args)\n"
+            "    assert result.exit_code == 0, result.output\n"
+            "heavy = sorted(m for m in ('torch', 'timm', 'torchattacks', 'scipy') if m in sys.modules)\n"
+            "sys.exit(f'imported {heavy}' if heavy else 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]

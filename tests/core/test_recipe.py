@@ -21,7 +21,8 @@ def test_tiny_recipe_resolves(tiny_recipe):
 
 
 def test_set_overrides_with_types_and_fractions(tiny_recipe):
-    (spec,) = specs(tiny_recipe, overrides=["transfer.lr=0.5", "eval.attacks.0.eps=8/255", "source.train.augment=crop-flip"])
+    (spec,) = specs(tiny_recipe,
+                    overrides=["transfer.lr=0.5", "eval.attacks.0.eps=8/255", "source.train.augment=crop-flip"])
     assert spec.transfer.config.lr == 0.5
     assert spec.attacks[0].config.eps == 8 / 255
     assert spec.source.train.augment == "crop-flip"
@@ -33,7 +34,8 @@ def test_parse_value():
 
 
 def test_sweep_is_a_cartesian_product_with_readable_ids(write_recipe):
-    path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n"source.objective" = [{name = "natural"}, {name = "pgd-at", eps = 0.1}]\n')
+    path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n'
+                        '"source.objective" = [{name = "natural"}, {name = "pgd-at", eps = 0.1}]\n')
     runs = specs(path)
     assert [r.id for r in runs] == ["lr=0.1,objective=natural", "lr=0.1,objective=pgd-at",
                                     "lr=0.01,objective=natural", "lr=0.01,objective=pgd-at"]
@@ -70,7 +72,8 @@ def test_sweep_cases_set_keys_together(write_recipe):
                         '[[paper.rows]]\nwhere = { "transfer.epochs" = 5 }\nclean = 0.5\n')
     recipe = load_recipe(path)
     points = recipe.points()
-    assert [p.id for p in points] == ["seed=0,fast", "seed=0,lr=0.01,epochs=5", "seed=1,fast", "seed=1,lr=0.01,epochs=5"]
+    assert [p.id for p in points] == ["seed=0,fast", "seed=0,lr=0.01,epochs=5",
+                                      "seed=1,fast", "seed=1,lr=0.01,epochs=5"]
     assert [(p.raw["transfer"]["lr"], p.raw["transfer"]["epochs"]) for p in points] == [(0.1, 1), (0.01, 5)] * 2
     assert points[1].params == {"run.seed": 0, "transfer.lr": 0.01, "transfer.epochs": 5}
     assert paper_for(recipe, points[1].params) == {"clean": 0.5} and paper_for(recipe, points[0].params) == {}
@@ -108,7 +111,8 @@ def test_paper_percentages_are_refused(write_recipe):
     (lambda t: t.replace('strategy = "linear-probe"', 'strategy = "linear-probe"\nlamda = 1'),
      '[transfer] unknown key "lamda"; valid keys: strategy, objective, epochs'),
     (lambda t: t.replace("epochs = 3", 'epochs = "three"'), "[transfer] epochs: expected an integer"),
-    (lambda t: t.replace('name = "pgd"', 'name = "pdg"'), '[eval.attacks.0] name: unknown attack "pdg"; did you mean \'pgd\''),
+    (lambda t: t.replace('name = "pgd"', 'name = "pdg"'),
+     '[eval.attacks.0] name: unknown attack "pdg"; did you mean \'pgd\''),
     (lambda t: t.replace('model = "small-cnn"', 'model = "small-cnn"\nweights = "missing.safetensors"'),
      "[source] weights: file"),
     (lambda t: t.replace("eps = 0.1", "eps = -0.1"), "[eval.attacks.0] eps: must be at least 0.0"),
