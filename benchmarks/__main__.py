@@ -58,8 +58,8 @@ def main(argv=None) -> int:
             results[name] = result
             ratio, target = result.get("ratio_rtk_over_reference"), result.get("target")
             verdict = "OK" if result.get("meets_target") else "ABOVE TARGET"
-            rows.append((name, f"{ratio:.3f}" if ratio is not None else "?", f"<= {target}" if target is not None else "",
-                         verdict, time.perf_counter() - started))
+            rows.append((name, f"{ratio:.3f}" if ratio is not None else "?",
+                         f"<= {target}" if target is not None else "", verdict, time.perf_counter() - started))
             print(flush=True)
     print(f"{'benchmark':<22}{'ratio rtk/ref':>14}{'target':>10}{'verdict':>15}{'wall s':>9}")
     for name, ratio, target, verdict, seconds in rows:

@@ -17,44 +17,37 @@ Defaults (a small CNN trained 10 epochs on scikit-learn digits, eps 0.15, 64 ima
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from benchmarks.common import add_run_options, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
+from benchmarks.common import build, finish, measure, new_parser, parse, trained_digits_cnn, verdict
 
 TARGET = 1.05
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=64, help="test images (default 64)")
-    parser.add_argument("--eps", type=float, default=0.15, help="Linf radius (default 0.15: most digits break, a few survive all four attacks)")
-    parser.add_argument("--torchattacks", action="store_true", help="also run the torchattacks backend once (robust accuracy and time)")
-    add_run_options(parser, repeats=5, device=False)
-    args = parser.parse_args(argv)
+    parser.add_argument("--eps", type=float, default=0.15,
+                        help="Linf radius (default 0.15: most digits break, a few survive all four attacks)")
+    parser.add_argument("--torchattacks", action="store_true",
+                        help="also run the torchattacks backend once (robust accuracy and time)")
+    args, _, _, environment = parse(parser, argv, repeats=5, device=False)
 
     import torch
     from pyautoattack import AutoAttack
 
-    from rtk.config.fields import build_config
-    from rtk.registry import default_registry
-
-    _, _, environment = setup(args)
     model, test = trained_digits_cnn()
     images, labels = test.take(torch.arange(min(args.n, len(test))))
-    component = default_registry().get("attack", "autoattack")
 
     def rtk_path():
-        attack = component.factory(build_config(component.config, {"eps": args.eps}))
-        return attack(model, images, labels)
+        return build("attack", "autoattack", {"eps": args.eps})(model, images, labels)
 
     def reference_path():
         adversary = AutoAttack(model, norm="Linf", eps=args.eps, version="standard", seed=0, device="cpu")
         return adversary.run_standard_evaluation(images, labels)[0]
 
-    paths = {"rtk": rtk_path, "reference": reference_path}
-    times, outputs = time_side_by_side(paths, args.repeats)
+    times, outputs, timing = measure({"rtk": rtk_path, "reference": reference_path}, args.repeats, warm_up=False)
 
     def robust_accuracy(adversarial):
         with torch.no_grad():
@@ -62,39 +55,35 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
-    timing = timing_summary(times, "rtk", "reference")
     ratio, medians = timing["ratio_rtk_over_reference"], timing["median_seconds"]
-    paired = [a / b for a, b in zip(times["rtk"], times["reference"])]
     result = {
         "benchmark": "autoattack standard, rtk vs pyautoattack called directly",
         "model": "small-cnn [8, 16] / 32, digits", "n": len(labels), "eps": args.eps, "norm": "Linf",
-        "repeats": args.repeats, **environment, **timing, "paired_ratios": paired,
+        "repeats": args.repeats, **environment, **timing,
+        "paired_ratios": [a / b for a, b in zip(times["rtk"], times["reference"])],
         "target": TARGET, "meets_target": ratio <= TARGET,
         "identical_adversarial_images": bool(torch.equal(outputs["rtk"], outputs["reference"])),
         "clean_accuracy": clean,
         "robust_accuracy": {name: robust_accuracy(out) for name, out in outputs.items()},
     }
-    if args.torchattacks:
-        attack = component.factory(build_config(component.config, {"eps": args.eps, "backend": "torchattacks"}))
-        start = time.perf_counter()
-        adversarial = attack(model, images, labels)
-        result["torchattacks"] = {"seconds": time.perf_counter() - start, "robust_accuracy": robust_accuracy(adversarial)}
-
-    print(f"AutoAttack standard, Linf eps={args.eps:g}, {len(labels)} digits, small CNN, {args.threads} thread(s), "
-          f"{args.repeats} repeats (alternating order)")
-    print(f"{'path':<27}{'median s':>9}{'robust acc':>12}   runs s")
+    lines = [f"AutoAttack standard, Linf eps={args.eps:g}, {len(labels)} digits, small CNN, {args.threads} thread(s), "
+             f"{args.repeats} repeats (alternating order)", f"{'path':<27}{'median s':>9}{'robust acc':>12}   runs s"]
     for name, label in [("rtk", "rtk autoattack"), ("reference", "pyautoattack directly")]:
         runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{label:<27}{medians[name]:>9.2f}{result['robust_accuracy'][name]:>12.4f}   {runs}")
+        lines.append(f"{label:<27}{medians[name]:>9.2f}{result['robust_accuracy'][name]:>12.4f}   {runs}")
     if args.torchattacks:
-        ta = result["torchattacks"]
-        print(f"{'rtk, torchattacks backend':<27}{ta['seconds']:>9.2f}{ta['robust_accuracy']:>12.4f}   (1 run, not in the ratio)")
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk / reference = {ratio:.3f} (median of per-repeat ratios; ratio of medians "
-          f"{result['ratio_of_medians']:.3f})   target <= {TARGET}   {verdict}")
-    print(f"identical adversarial images: {result['identical_adversarial_images']}   clean accuracy {clean:.4f}")
-    write_json(args, result)
-    return 0
+        attack = build("attack", "autoattack", {"eps": args.eps, "backend": "torchattacks"})
+        start = time.perf_counter()
+        adversarial = attack(model, images, labels)
+        ta = result["torchattacks"] = {"seconds": time.perf_counter() - start,
+                                       "robust_accuracy": robust_accuracy(adversarial)}
+        lines.append(f"{'rtk, torchattacks backend':<27}{ta['seconds']:>9.2f}{ta['robust_accuracy']:>12.4f}"
+                     "   (1 run, not in the ratio)")
+    return finish(args, result, *lines,
+                  f"ratio rtk / reference = {ratio:.3f} (median of per-repeat ratios; ratio of medians "
+                  f"{result['ratio_of_medians']:.3f})   target <= {TARGET}   {verdict(result)}",
+                  f"identical adversarial images: {result['identical_adversarial_images']}"
+                  f"   clean accuracy {clean:.4f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
+from benchmarks.bench_pgd import WORKLOAD as PGD_WORKLOAD
+from benchmarks.common import finish, measure, new_parser, parse, print_timings, ratio_line
 
 TARGET = 1.10
 
@@ -34,38 +35,35 @@ def workload(args, device):
     trained digits CNN or a model on random images labelled with its own predictions."""
     from benchmarks.bench_pgd import workload as pgd_workload
 
-    model, images, labels = pgd_workload(argparse.Namespace(data=args.data, model=args.model, n=args.k, batch_size=args.batch_size), device)
+    options = argparse.Namespace(data=args.data, model=args.model, n=args.k, batch_size=args.batch_size)
+    model, images, labels = pgd_workload(options, device)
     return model, images.cpu(), labels.cpu()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [8, 16] / 32)")
-    parser.add_argument("--data", choices=["digits", "random"], default="digits", help="digits (trained model) or random 3x32x32 images")
+    parser = new_parser(__doc__)
     parser.add_argument("--k", type=int, default=32, help="examples certified (default 32)")
     parser.add_argument("--n0", type=int, default=100, help="selection samples per example (default 100)")
     parser.add_argument("--n", type=int, default=2000, help="estimation samples per example (default 2000)")
     parser.add_argument("--batch-size", type=int, default=500, help="noisy copies per forward pass (default 500)")
     parser.add_argument("--sigma", type=float, default=0.25, help="noise std (default 0.25)")
-    add_run_options(parser, repeats=7)
-    args = parser.parse_args(argv)
+    args, device, sync, environment = parse(parser, argv, repeats=7, workload=PGD_WORKLOAD)
 
     import torch
 
     from rtk.config.fields import build_config
-    from rtk.stages.context import RunContext
     from rtk.data import ImageSet
-    from rtk_plugins.smoothing.cohen import CohenCertifier
+    from rtk.stages.context import RunContext
     from rtk_plugins.smoothing import CohenConfig
+    from rtk_plugins.smoothing.cohen import CohenCertifier
 
-    device, sync, environment = setup(args)
     model, images, labels = workload(args, device)
     test = ImageSet(images, labels)  # on the CPU: both paths move one example at a time, as a run does
     config = build_config(CohenConfig, {"sigma": args.sigma, "n0": args.n0, "n": args.n, "batch_size": args.batch_size})
     certifier = CohenCertifier(config)
 
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = RunContext(device=device, seed=0, show_progress=False, out_dir=Path(tmp))
+        ctx = RunContext(device=device, show_progress=False, out_dir=Path(tmp))
 
         def rtk_path():
             rows = certifier.certify_examples(model, test, ctx)
@@ -85,31 +83,29 @@ def main(argv=None) -> int:
                 sync()
             return None
 
-        rtk_path(), plain_path()  # warm-up: allocator, kernels, scipy import
-        times, outputs = time_side_by_side({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
+        # warm-up: allocator, kernels, scipy import
+        times, outputs, timing = measure({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
         rows = certifier.certify_examples(model, test, ctx)
         started = time.perf_counter()
         summary = certifier.summarize(rows, ctx)  # TSV and plot: once per run, not per example
         summarize_seconds = time.perf_counter() - started
-    timing = timing_summary(times, "rtk", "plain")
     ratio = timing["ratio_rtk_over_reference"]
     forwards = len(test) * (-(-args.n0 // args.batch_size) + -(-args.n // args.batch_size))
     result = {
         "benchmark": "Cohen certification, rtk cohen certify_examples vs the bare noisy forward passes it needs",
-        "model": args.model, "data": args.data, "k": len(test), "n0": args.n0, "n": args.n, "batch_size": args.batch_size,
-        "sigma": args.sigma, "forward_passes": forwards, "repeats": args.repeats, **environment, **timing,
-        "target": TARGET, "meets_target": ratio <= TARGET, "smoothed_accuracy": outputs["rtk"],
+        "model": args.model, "data": args.data, "k": len(test), "n0": args.n0, "n": args.n,
+        "batch_size": args.batch_size, "sigma": args.sigma, "forward_passes": forwards, "repeats": args.repeats,
+        **environment, **timing, "target": TARGET, "meets_target": ratio <= TARGET, "smoothed_accuracy": outputs["rtk"],
         "metrics": summary["metrics"], "summarize_seconds": summarize_seconds,
     }
-    print(f"Cohen CERTIFY, {len(test)} examples ({args.data}), {args.model}, sigma={args.sigma:g}, n0={args.n0}, n={args.n},"
-          f" batch {args.batch_size} ({forwards} forward passes), {environment['device_name']}, {args.repeats} repeats"
-          " (alternating order)")
+    print(f"Cohen CERTIFY, {len(test)} examples ({args.data}), {args.model}, sigma={args.sigma:g}, n0={args.n0},"
+          f" n={args.n}, batch {args.batch_size} ({forwards} forward passes), {environment['device_name']},"
+          f" {args.repeats} repeats (alternating order)")
     print_timings(times, {"rtk": "rtk cohen certify_examples", "plain": "plain forward passes (no counts)"})
-    print_ratio(result, "rtk / plain")
-    print(f"smoothed clean accuracy {summary['metrics']['clean_smoothed_accuracy']:.4f}, ACR {summary['metrics']['acr']:.4f};"
-          f" summarize (TSV + plot) {summarize_seconds:.2f} s once")
-    write_json(args, result)
-    return 0
+    metrics = summary["metrics"]
+    return finish(args, result, ratio_line(result, "rtk / plain"),
+                  f"smoothed clean accuracy {metrics['clean_smoothed_accuracy']:.4f}, ACR {metrics['acr']:.4f};"
+                  f" summarize (TSV + plot) {summarize_seconds:.2f} s once")
 
 
 if __name__ == "__main__":

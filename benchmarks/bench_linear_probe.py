@@ -17,50 +17,44 @@ Defaults finish in well under a minute on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 
-from benchmarks.common import add_run_options, print_timings, setup, time_side_by_side, timing_summary, write_json
+from benchmarks.common import CIFAR_LIKE_CNN, build, finish, measure, new_parser, parse, print_timings, verdict
 
 TARGET = 0.2  # rtk / plain: a speed-up of at least 5x
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=2048, help="training images (default 2048)")
     parser.add_argument("--epochs", type=int, default=10, help="head epochs (default 10)")
     parser.add_argument("--batch-size", type=int, default=128, help="head batch size (default 128, the strategy's)")
-    add_run_options(parser, repeats=3)
-    args = parser.parse_args(argv)
+    args, device, sync, environment = parse(parser, argv, repeats=3)
 
     import torch
     import torch.nn.functional as F
 
     from rtk.config.fields import build_config
-    from rtk.stages.context import RunContext
     from rtk.data import DataSplits, ImageSet, iterate
     from rtk.registry import default_registry
+    from rtk.stages.context import RunContext
     from rtk.stages.training import make_optimizer
 
-    device, sync, environment = setup(args)
-    registry = default_registry()
-    model_component = registry.get("model", "small-cnn")
-    source = model_component.factory(build_config(model_component.config, {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}),
-                                     num_classes=10).to(device).eval()
+    source = build("model", "small-cnn", CIFAR_LIKE_CNN, num_classes=10).to(device).eval()
     generator = torch.Generator().manual_seed(0)
     images = (torch.rand(args.n, 3, 32, 32, generator=generator) * 255).to(torch.uint8)  # stored as datasets are
     labels = torch.randint(0, 10, (args.n,), generator=generator)
     train = ImageSet(images, labels)
     splits = DataSplits(train=train, test=train, num_classes=10)
-    strategy_component = registry.get("strategy", "linear-probe")
-    config = build_config(strategy_component.config, {"epochs": args.epochs, "batch_size": args.batch_size})
-    ctx = RunContext(device=device, seed=0, show_progress=False)
+    strategy = default_registry().get("strategy", "linear-probe")
+    config = build_config(strategy.config, {"epochs": args.epochs, "batch_size": args.batch_size})
+    ctx = RunContext(device=device, show_progress=False)
 
     def rtk_path():
         model = copy.deepcopy(source)
         torch.manual_seed(1)  # the fresh head's initialisation
-        model = strategy_component.factory(config).transfer(model, splits, ctx)
+        model = strategy.factory(config).transfer(model, splits, ctx)
         return model.head.weight.detach().norm().item()
 
     def plain_path():
@@ -81,24 +75,21 @@ def main(argv=None) -> int:
                 optimizer.step()
         return head.weight.detach().norm().item()
 
-    rtk_path(), plain_path()  # warm-up
-    times, norms = time_side_by_side({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
-    timing = timing_summary(times, "rtk", "plain")
+    times, norms, timing = measure({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
     ratio = timing["ratio_rtk_over_reference"]
     result = {
-        "benchmark": f"linear probe, {args.epochs} epochs: rtk linear-probe (cached features) vs the backbone run on every batch",
+        "benchmark": f"linear probe, {args.epochs} epochs: rtk linear-probe (cached features) vs the backbone run on"
+                     " every batch",
         "model": "small-cnn [16, 32, 64] / 256", "n": args.n, "image_shape": [3, 32, 32], "epochs": args.epochs,
         "batch_size": args.batch_size, "repeats": args.repeats, **environment, **timing, "speedup": 1 / ratio,
         "target": TARGET, "target_semantics": "ratio rtk / plain <= 0.2, i.e. a speed-up plain / rtk >= 5",
         "meets_target": ratio <= TARGET, "head_weight_norm": norms,
     }
-    print(f"linear probe, {args.epochs} epochs, {args.n} images 3x32x32, small-cnn [16, 32, 64] / 256, batch {args.batch_size},"
-          f" {environment['device_name']}, {args.repeats} repeats (alternating order)")
+    print(f"linear probe, {args.epochs} epochs, {args.n} images 3x32x32, small-cnn [16, 32, 64] / 256, batch"
+          f" {args.batch_size}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
     print_timings(times, {"rtk": "rtk linear-probe (cached features)", "plain": "plain loop (backbone every epoch)"})
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk / plain = {ratio:.3f} (speed-up {1 / ratio:.1f}x)   target <= {TARGET} (>= 5x)   {verdict}")
-    write_json(args, result)
-    return 0
+    return finish(args, result, f"ratio rtk / plain = {ratio:.3f} (speed-up {1 / ratio:.1f}x)   target <= {TARGET}"
+                                f" (>= 5x)   {verdict(result)}")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,16 @@ Defaults finish in well under a minute on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
 
-from benchmarks.bench_pgd import build_model
-from benchmarks.common import add_run_options, paired_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
+from benchmarks.common import (CIFAR_LIKE_CNN, build, finish, measure, new_parser, paired_ratio,
+                               parse, print_timings, verdict)
 
 TARGET = 1.10
+WORKLOAD = ("registered model (default small-cnn [16, 32, 64] / 256)", ("random", "digits"),  # --model and --data
+            "random 3x32x32 images (CIFAR-sized) or the digits training set")
 
 
 def workload(args):
@@ -42,37 +43,33 @@ def workload(args):
         if args.model != "small-cnn":
             raise SystemExit("--data digits is 1x8x8: use it with small-cnn, or --data random for other models")
         train = make_digits(DigitsConfig()).train
-        return build_model("small-cnn", {}, 10), train
-    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
+        return build("model", "small-cnn", num_classes=10), train
+    options = CIFAR_LIKE_CNN if args.model == "small-cnn" else {}
     images = torch.rand(args.n, 3, 32, 32)
-    return build_model(args.model, options, 10), ImageSet(images, torch.randint(0, 10, (args.n,)))
+    return build("model", args.model, options, num_classes=10), ImageSet(images, torch.randint(0, 10, (args.n,)))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [16, 32, 64] / 256)")
-    parser.add_argument("--data", choices=["random", "digits"], default="random", help="random 3x32x32 images (CIFAR-sized) or the digits training set")
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=1024, help="random images (default 1024)")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128, the paper's)")
     parser.add_argument("--lambda-d", type=float, default=0.005, help="LwF feature-distance weight (default 0.005)")
-    add_run_options(parser, repeats=9)
-    args = parser.parse_args(argv)
+    args, device, sync, environment = parse(parser, argv, repeats=9, workload=WORKLOAD)
 
     import torch
     import torch.nn.functional as F
 
     from rtk.config.fields import build_config
     from rtk.stages.context import RunContext
-    from rtk.stages.training import CrossEntropy, fit
     from rtk.stages.strategy import compute_features
-    from rtk_plugins.lwf.strategy import train_all_weights
+    from rtk.stages.training import CrossEntropy, fit
     from rtk_plugins.lwf import LwFConfig
+    from rtk_plugins.lwf.strategy import train_all_weights
     from rtk_plugins.transfer import FinetuneConfig
 
-    device, sync, environment = setup(args)
     source, train = workload(args)
     source = source.to(device).eval()
-    ctx = RunContext(device=device, seed=0, show_progress=False)  # no checkpoint_dir: no checkpoint files
+    ctx = RunContext(device=device, show_progress=False)  # no checkpoint_dir: no checkpoint files
 
     compute_features(source, train, ctx)  # warm-up, so the timed pass is the steady-state cost
     sync()
@@ -113,16 +110,14 @@ def main(argv=None) -> int:
         model.eval()
         return total / len(train)
 
-    paths = {"lwf": lwf_path, "plain": plain_path, "rtk-ft": rtk_ft_path}
-    for path in paths.values():  # warm-up: allocator, kernels, lazy imports
-        path()
-    times, losses = time_side_by_side(paths, args.repeats, sync)
-    timing = timing_summary(times, "lwf", "plain")
+    times, losses, timing = measure({"lwf": lwf_path, "plain": plain_path, "rtk-ft": rtk_ft_path}, args.repeats, sync)
     ratio, medians = timing["ratio_rtk_over_reference"], timing["median_seconds"]
     result = {
-        "benchmark": "one LwF epoch (rtk, cached z0) vs one plain fine-tuning epoch (PyTorch loop, natural CE, all weights)",
-        "model": args.model, "data": args.data, "n": len(train), "batch_size": args.batch_size, "lambda_d": args.lambda_d,
-        "feature_dim": int(z0.images.shape[1]), "repeats": args.repeats, **environment, **timing, "z0_seconds": z0_seconds,
+        "benchmark": "one LwF epoch (rtk, cached z0) vs one plain fine-tuning epoch (PyTorch loop, natural CE, all"
+                     " weights)",
+        "model": args.model, "data": args.data, "n": len(train), "batch_size": args.batch_size,
+        "lambda_d": args.lambda_d, "feature_dim": int(z0.images.shape[1]), "repeats": args.repeats, **environment,
+        **timing, "z0_seconds": z0_seconds,
         "ratio_lwf_over_rtk_finetune": paired_ratio(times, "lwf", "rtk-ft"),
         "ratio_rtk_finetune_over_plain": paired_ratio(times, "rtk-ft", "plain"),
         "target": TARGET, "meets_target": ratio <= TARGET, "last_epoch_loss": losses,
@@ -131,12 +126,11 @@ def main(argv=None) -> int:
           f"lambda_d {args.lambda_d:g}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
     print_timings(times, {"lwf": "rtk LwF phase 2 (cached z0)", "plain": "plain PyTorch fine-tuning loop",
                           "rtk-ft": "rtk fit + CrossEntropy (reference only)"})
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio rtk LwF / plain fine-tuning = {ratio:.3f}   target <= {TARGET}   {verdict}   (median of per-repeat ratios;"
-          f" of medians {result['ratio_of_medians']:.3f}; LwF / rtk fine-tuning {result['ratio_lwf_over_rtk_finetune']:.3f})")
-    print(f"one-off z0 pass: {z0_seconds:.3f} s ({z0_seconds / medians['plain']:.2f} of a fine-tuning epoch)")
-    write_json(args, result)
-    return 0
+    return finish(args, result,
+                  f"ratio rtk LwF / plain fine-tuning = {ratio:.3f}   target <= {TARGET}   {verdict(result)}   (median"
+                  f" of per-repeat ratios; of medians {result['ratio_of_medians']:.3f}; LwF / rtk fine-tuning"
+                  f" {result['ratio_lwf_over_rtk_finetune']:.3f})",
+                  f"one-off z0 pass: {z0_seconds:.3f} s ({z0_seconds / medians['plain']:.2f} of a fine-tuning epoch)")
 
 
 if __name__ == "__main__":

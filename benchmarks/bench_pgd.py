@@ -18,22 +18,16 @@ Defaults finish in well under a minute on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from fractions import Fraction
 
-from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, trained_digits_cnn, write_json
+from benchmarks.common import (CIFAR_LIKE_CNN, build, factory, finish, measure, new_parser, parse,
+                               print_timings, ratio_line, trained_digits_cnn)
 
 TARGET = 1.05
-
-
-def build_model(name: str, options: dict, num_classes: int):
-    from rtk.config.fields import build_config
-    from rtk.registry import default_registry
-
-    component, variant = default_registry().resolve("model", name)
-    config = build_config(component.config, options)
-    return component.factory(config, num_classes=num_classes, **({"variant": variant} if variant else {}))
+# --model and --data (bench_certify certifies this workload too)
+WORKLOAD = ("registered model (default small-cnn [8, 16] / 32)", ("digits", "random"),
+            "digits (trained model) or random 3x32x32 images")
 
 
 def workload(args, device):
@@ -47,8 +41,8 @@ def workload(args, device):
         model, test = trained_digits_cnn(device)
         images, labels = test.take(torch.arange(min(args.n, len(test))))
         return model, images.to(device), labels.to(device)
-    options = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3} if args.model == "small-cnn" else {}
-    model = build_model(args.model, options, 10).to(device).eval()
+    options = CIFAR_LIKE_CNN if args.model == "small-cnn" else {}
+    model = build("model", args.model, options, num_classes=10).to(device).eval()
     images = torch.rand(args.n, 3, 32, 32, device=device)
     with torch.no_grad():
         labels = torch.cat([model(chunk).argmax(1) for chunk in images.split(args.batch_size)])
@@ -56,36 +50,31 @@ def workload(args, device):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="small-cnn", help="registered model (default small-cnn [8, 16] / 32)")
-    parser.add_argument("--data", choices=["digits", "random"], default="digits", help="digits (trained model) or random 3x32x32 images")
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=256, help="images (default 256)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    parser.add_argument("--eps", default="0.1", help="Linf radius, fractions allowed (default 0.1 for digits; 8/255 for CIFAR-like data)")
-    add_run_options(parser, repeats=9)
-    args = parser.parse_args(argv)
+    parser.add_argument("--eps", default="0.1",
+                        help="Linf radius, fractions allowed (default 0.1 for digits; 8/255 for CIFAR-like data)")
+    args, device, sync, environment = parse(parser, argv, repeats=9, workload=WORKLOAD)
 
     import torch
     import torchattacks
 
-    from rtk.config.fields import build_config
-    from rtk.stages.context import RunContext
+    from rtk.config.schema import EvalConfig
     from rtk.data import ImageSet
     from rtk.evaluation.robust_accuracy import evaluate, seed_batch
-    from rtk.registry import default_registry
+    from rtk.stages.context import RunContext
 
-    device, sync, environment = setup(args)
     eps = float(Fraction(args.eps))
     model, images, labels = workload(args, device)
-    test = ImageSet(images.cpu(), labels.cpu())  # rtk.evaluation.robust_accuracy moves each batch to the device, as in a run
-    component = default_registry().get("attack", "pgd")
-    config = build_config(component.config, {"eps": eps, "steps": args.steps})
+    test = ImageSet(images.cpu(), labels.cpu())  # evaluate moves each batch to the device, as in a run
+    make_pgd = factory("attack", "pgd", {"eps": eps, "steps": args.steps})
     alpha = eps / 4  # the pgd plugin's Linf default, given to the plain loop too
-    ctx = RunContext(device=device, seed=0, show_progress=False)
+    ctx, config = RunContext(device=device, show_progress=False), EvalConfig(batch_size=args.batch_size)
 
     def rtk_path():
-        result = evaluate(model, test, [("PGD-20", component.factory(config))], ctx, args.batch_size)
+        result = evaluate(model, test, [("PGD-20", make_pgd())], ctx, config)
         return result["metrics"]["robust"]
 
     def plain_path():
@@ -102,15 +91,13 @@ def main(argv=None) -> int:
                 robust += int((model(adversarial).argmax(1) == y[ok]).sum())
         return robust / len(test)
 
-    paths = {"rtk": rtk_path, "plain": plain_path}
-    rtk_path(), plain_path()  # warm-up: allocator, kernels, lazy imports
-    times, robust = time_side_by_side(paths, args.repeats, sync)
+    times, robust, timing = measure({"rtk": rtk_path, "plain": plain_path}, args.repeats, sync)
     with torch.no_grad():
         clean = float((model(images).argmax(1) == labels).float().mean())
-    timing = timing_summary(times, "rtk", "plain")
     ratio = timing["ratio_rtk_over_reference"]
     result = {
-        "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.robust_accuracy.evaluate vs a plain torchattacks.PGD loop",
+        "benchmark": f"PGD-{args.steps} evaluation, rtk.evaluation.robust_accuracy.evaluate vs a plain torchattacks.PGD"
+                     " loop",
         "model": args.model, "data": args.data, "n": len(test), "batch_size": args.batch_size, "eps": eps,
         "steps": args.steps, "norm": "Linf", "repeats": args.repeats, **environment, **timing,
         "target": TARGET, "meets_target": ratio <= TARGET, "clean_accuracy": clean, "robust_accuracy": robust,
@@ -119,11 +106,9 @@ def main(argv=None) -> int:
     print(f"PGD-{args.steps} evaluation, Linf eps={eps:g}, {len(test)} images ({args.data}), {args.model}, "
           f"batch {args.batch_size}, {environment['device_name']}, {args.repeats} repeats (alternating order)")
     print_timings(times, {"rtk": "rtk evaluate + pgd", "plain": "plain torchattacks.PGD loop"})
-    print_ratio(result, "rtk / plain")
-    print(f"clean accuracy {clean:.4f}   robust accuracy rtk {robust['rtk']:.4f}, plain {robust['plain']:.4f}"
-          f" (same on both paths: {result['same_robust_accuracy']})")
-    write_json(args, result)
-    return 0
+    return finish(args, result, ratio_line(result, "rtk / plain"),
+                  f"clean accuracy {clean:.4f}   robust accuracy rtk {robust['rtk']:.4f}, plain {robust['plain']:.4f}"
+                  f" (same on both paths: {result['same_robust_accuracy']})")
 
 
 if __name__ == "__main__":

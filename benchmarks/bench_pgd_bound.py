@@ -21,41 +21,31 @@ Defaults finish in well under a minute on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from fractions import Fraction
 
-from benchmarks.common import add_run_options, print_ratio, print_timings, setup, time_side_by_side, timing_summary, write_json
+from benchmarks.common import CIFAR_LIKE_CNN, build, finish, measure, new_parser, parse, print_timings, ratio_line
 
 TARGET = 1.05
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=128, help="images in the batch (default 128)")
     parser.add_argument("--steps", type=int, default=10, help="PGD steps k (default 10)")
     parser.add_argument("--eps", default="8/255", help="Linf radius (default 8/255)")
-    add_run_options(parser, repeats=11)
-    args = parser.parse_args(argv)
+    args, device, sync, environment = parse(parser, argv, repeats=11)
 
     import torch
     import torch.nn.functional as F
 
-    from rtk.config.fields import build_config
-    from rtk.registry import default_registry
-
-    device, sync, environment = setup(args)
     eps = float(Fraction(args.eps))
-    registry = default_registry()
-    component = registry.get("model", "small-cnn")
     torch.manual_seed(0)
-    model = component.factory(build_config(component.config, {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}),
-                              num_classes=10).to(device).eval()
+    model = build("model", "small-cnn", CIFAR_LIKE_CNN, num_classes=10).to(device).eval()
     images = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         labels = model(images).argmax(1)
-    attack_component = registry.get("attack", "pgd")
-    attack = attack_component.factory(build_config(attack_component.config, {"eps": eps, "steps": args.steps}))
+    attack = build("attack", "pgd", {"eps": eps, "steps": args.steps})
 
     def rtk_path():
         torch.manual_seed(1)
@@ -71,23 +61,22 @@ def main(argv=None) -> int:
             x = x.detach()
         return float(grad.abs().sum() > 0)
 
-    rtk_path(), bound_path()  # warm-up
-    times, outputs = time_side_by_side({"rtk": rtk_path, "bound": bound_path}, args.repeats, sync)
-    timing = timing_summary(times, "rtk", "bound")
+    times, outputs, timing = measure({"rtk": rtk_path, "bound": bound_path}, args.repeats, sync)
     ratio = timing["ratio_rtk_over_reference"]
     result = {
-        "benchmark": f"PGD-{args.steps} attack (rtk pgd) vs its physical bound ({args.steps + 1} forward+backward passes)",
+        "benchmark": f"PGD-{args.steps} attack (rtk pgd) vs its physical bound ({args.steps + 1} forward+backward"
+                     " passes)",
         "model": "small-cnn [16, 32, 64] / 256", "batch_size": args.batch_size, "image_shape": [3, 32, 32],
-        "steps": args.steps, "eps": eps, "norm": "Linf", "repeats": args.repeats, **environment, **timing, "target": TARGET,
+        "steps": args.steps, "eps": eps, "norm": "Linf", "repeats": args.repeats, **environment, **timing,
+        "target": TARGET,
         "target_semantics": f"rtk PGD-{args.steps} time / time of {args.steps + 1} forward+backward passes <= {TARGET}",
         "meets_target": ratio <= TARGET, "robust_accuracy": outputs["rtk"],
     }
     print(f"PGD-{args.steps} Linf eps={eps:g} on {args.batch_size} images 3x32x32, small-cnn [16, 32, 64] / 256,"
           f" {environment['device_name']}, {args.repeats} repeats (alternating order)")
-    print_timings(times, {"rtk": f"rtk pgd attack, {args.steps} steps", "bound": f"{args.steps + 1} forward+backward passes"})
-    print_ratio(result, "rtk / bound")
-    write_json(args, result)
-    return 0
+    print_timings(times, {"rtk": f"rtk pgd attack, {args.steps} steps",
+                          "bound": f"{args.steps + 1} forward+backward passes"})
+    return finish(args, result, ratio_line(result, "rtk / bound"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""The workload the benchmarks share: a small CNN trained 10 epochs on scikit-learn's digits."""
+"""What the benchmarks share: their command line, set-up and report, registered components built
+from options, the side-by-side timing, and a small CNN trained 10 epochs on scikit-learn's digits."""
 from __future__ import annotations
+
+import argparse
 
 
 def trained_digits_cnn(device="cpu"):
@@ -43,7 +46,8 @@ def time_side_by_side(paths: dict, repeats: int, sync=None, unit: str = "s") -> 
             if sync:
                 sync()
             times[name].append(time.perf_counter() - start)
-            print(f"  repeat {repeat + 1}/{repeats} {name:<9} {times[name][-1]:7.3f} {unit}", file=sys.stderr, flush=True)
+            print(f"  repeat {repeat + 1}/{repeats} {name:<9} {times[name][-1]:7.3f} {unit}", file=sys.stderr,
+                  flush=True)
     return times, outputs
 
 
@@ -55,12 +59,55 @@ def paired_ratio(times: dict, numerator: str, denominator: str) -> float:
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
 
 
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first paragraph of its module docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_workload_options(parser, model_help: str, data: tuple[str, str], data_help: str) -> None:
+    """--model (a registered model, default small-cnn) and --data (``data``: the default first)."""
+    parser.add_argument("--model", default="small-cnn", help=model_help)
+    parser.add_argument("--data", choices=list(data), default=data[0], help=data_help)
+
+
+def parse(parser, argv, repeats: int, device: bool = True, workload: tuple | None = None):
+    """Add the run options (and, given ``workload``, add_workload_options(parser, *workload)), parse
+    ``argv`` and set up: (args, device, sync, environment) (see setup)."""
+    if workload is not None:
+        add_workload_options(parser, *workload)
+    add_run_options(parser, repeats, device)
+    args = parser.parse_args(argv)
+    return (args, *setup(args))
+
+
+def factory(kind: str, name: str, options: dict | None = None, **kwargs):
+    """A callable that builds the registered component ``name`` of ``kind`` from ``options`` (checked
+    once, here), as a recipe table builds it (its variant too, for ``prefix/*`` components);
+    ``kwargs`` go to the component's factory (num_classes)."""
+    from rtk.config.fields import build_config
+    from rtk.registry import default_registry
+
+    component, variant = default_registry().resolve(kind, name)
+    config = build_config(component.config, options or {})
+    return lambda: component.factory(config, **kwargs, **({"variant": variant} if variant else {}))
+
+
+def build(kind: str, name: str, options: dict | None = None, **kwargs):
+    """The registered component ``name`` of ``kind`` built from ``options`` (see factory)."""
+    return factory(kind, name, options, **kwargs)()
+
+
+CIFAR_LIKE_CNN = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}  # small-cnn's options for 3x32x32 images
+
+
 def add_run_options(parser, repeats: int, device: bool = True) -> None:
     """The options every benchmark takes: --repeats, --threads, --device (unless it is CPU-only), --json."""
     from pathlib import Path
 
     parser.add_argument("--repeats", type=int, default=repeats, help=f"timed runs of each path (default {repeats})")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1: tiny ops thrash on more)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on CPU (default 1: tiny ops thrash on more)")
     if device:
         parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -89,6 +136,18 @@ def setup(args):
     return device, sync, environment
 
 
+def measure(paths: dict, repeats: int, sync=None, warm_up: bool = True) -> tuple[dict, dict, dict]:
+    """Run every path once (warm-up: allocator, kernels, lazy imports) unless ``warm_up`` is false,
+    then time them side by side: ({name: [seconds]}, {name: last output}, the timing summary of
+    the first path over the second)."""
+    if warm_up:
+        for path in paths.values():
+            path()
+    times, outputs = time_side_by_side(paths, repeats, sync)
+    first, second = list(paths)[:2]
+    return times, outputs, timing_summary(times, first, second)
+
+
 def timing_summary(times: dict, numerator: str, denominator: str) -> dict:
     """Per-path seconds and medians, and the ratio of numerator over denominator three ways: the
     headline paired ratio, and the ratios of medians and of minimums for comparison."""
@@ -111,19 +170,26 @@ def print_timings(times: dict, labels: dict) -> None:
         print(f"{label:<{width}}{statistics.median(times[name]):>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}")
 
 
-def print_ratio(result: dict, what: str) -> None:
+def verdict(result: dict) -> str:
+    return "OK" if result["meets_target"] else "ABOVE TARGET"
+
+
+def ratio_line(result: dict, what: str) -> str:
     """The headline line: ``what`` (e.g. "rtk / plain") = the paired ratio, its target and verdict,
     and the ratios of medians and minimums beside it."""
-    verdict = "OK" if result["meets_target"] else "ABOVE TARGET"
-    print(f"ratio {what} = {result['ratio_rtk_over_reference']:.3f}   target <= {result['target']}   {verdict}"
-          f"   (median of per-repeat ratios; of medians {result['ratio_of_medians']:.3f},"
-          f" of minimums {result['ratio_of_minimums']:.3f})")
+    return (f"ratio {what} = {result['ratio_rtk_over_reference']:.3f}   target <= {result['target']}"
+            f"   {verdict(result)}   (median of per-repeat ratios; of medians {result['ratio_of_medians']:.3f},"
+            f" of minimums {result['ratio_of_minimums']:.3f})")
 
 
-def write_json(args, result: dict) -> None:
-    """Write result to --json when given (what ``python -m benchmarks`` collects)."""
+def finish(args, result: dict, *lines: str) -> int:
+    """Print ``lines``, write ``result`` to --json when given (what ``python -m benchmarks``
+    collects); the exit status 0."""
     import json
 
+    for line in lines:
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+    return 0

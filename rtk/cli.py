@@ -49,7 +49,9 @@ def handle_errors(func):
         except Exception as exc:
             if debug:
                 raise
-            fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (rerun with --debug for the traceback and report it)", 1)
+            first = str(exc).splitlines()[0] if str(exc) else ''
+            fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback and report"
+                 " it)", 1)
 
     return wrapper
 
@@ -97,13 +99,18 @@ def cli(debug):
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted path), e.g. --set transfer.lambda_d=0.01.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key (dotted path), e.g. --set transfer.lambda_d=0.01.")
 @click.option("--profile", help="Apply the recipe's [profile.NAME] overrides (e.g. smoke).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default runs/NAME-TIMESTAMP).")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished runs are kept, a saved target checkpoint is reused, evaluation continues after its last saved batch.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out: finished runs are kept, a saved target checkpoint is reused,"
+                   " evaluation continues after its last saved batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--deterministic", is_flag=True, help="Use only deterministic torch algorithms (slower on GPU; an operation without one fails); recorded in env.json.")
+@click.option("--deterministic", is_flag=True,
+              help="Use only deterministic torch algorithms (slower on GPU; an operation without one fails);"
+                   " recorded in env.json.")
 @handle_errors
 def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic):
     """Run RECIPE: train or load the source, transfer, evaluate, certify; write results to --out."""
@@ -116,19 +123,26 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
     runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
                     resume=resume, deterministic=deterministic)
     if runner.world.is_main:  # under torchrun only rank 0 speaks
-        err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{f' (profile {profile})' if profile else ''} -> {runner.out_dir}")
+        profiled = f" (profile {profile})" if profile else ""
+        err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{profiled} -> {runner.out_dir}")
     runner.run()
     runner.report(console)
 
 
 @cli.command("eval")
-@click.option("--model", metavar="NAME", help="Model architecture (rtk list-plugins --kind model), e.g. small-cnn, wrn-28-10.")
-@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="A model option, e.g. --model-option channels=[8,16].")
-@click.option("--weights", type=click.Path(path_type=Path), help="The weights file (safetensors or tensor-only torch file).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Outputs of the model (default: read from head.weight in --weights).")
+@click.option("--model", metavar="NAME",
+              help="Model architecture (rtk list-plugins --kind model), e.g. small-cnn, wrn-28-10.")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
+              help="A model option, e.g. --model-option channels=[8,16].")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="The weights file (safetensors or tensor-only torch file).")
+@click.option("--num-classes", type=click.IntRange(min=1),
+              help="Outputs of the model (default: read from head.weight in --weights).")
 @click.option("--dataset", metavar="NAME", help="Dataset to evaluate on (its test split), e.g. digits, cifar10.")
-@click.option("--data", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. --data classes=[5,6,7,8,9] or --data root=DIR.")
-@click.option("--attack", multiple=True, metavar="NAME", help="An attack (repeatable; robust = per-example worst case over all).")
+@click.option("--data", multiple=True, metavar="KEY=VALUE",
+              help="A dataset option, e.g. --data classes=[5,6,7,8,9] or --data root=DIR.")
+@click.option("--attack", multiple=True, metavar="NAME",
+              help="An attack (repeatable; robust = per-example worst case over all).")
 @click.option("--eps", help='Radius for every attack that has an eps option; fractions like 8/255 are exact.')
 @click.option("--norm", help="Norm for every attack that has a norm option (Linf, L2).")
 @click.option("--steps", type=click.IntRange(min=0), help="Steps for every attack that has a steps option.")
@@ -137,10 +151,12 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per attack batch (default 256).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (attack randomness).")
 @click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda" or "cuda:N".')
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default runs/eval-MODEL-DATASET-TIMESTAMP).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder (default runs/eval-MODEL-DATASET-TIMESTAMP).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation in --out after its last saved batch.")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any key of the generated recipe, e.g. --set eval.attack_order=sequential.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any key of the generated recipe, e.g. --set eval.attack_order=sequential.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--deterministic", is_flag=True, help="Use only deterministic torch algorithms; recorded in env.json.")
 @handle_errors
@@ -175,13 +191,16 @@ def validate(recipe, overrides, profile):
     specs = resolve(loaded, registry())
     for spec in specs:
         paper_for(loaded, spec.params)
-    console.print(f"[green]ok[/green]: {recipe} is valid ({len(specs)} run{'s' if len(specs) != 1 else ''}; profiles: {', '.join(loaded.profiles) or 'none'})")
+    runs = f"{len(specs)} run{'s' if len(specs) != 1 else ''}"
+    console.print(f"[green]ok[/green]: {recipe} is valid ({runs}; profiles: {', '.join(loaded.profiles) or 'none'})")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--x", "x_key", metavar="KEY", help="Swept key on the x-axis (default: the swept key with numeric values), e.g. transfer.lambda_d.")
-@click.option("--metric", "metrics", multiple=True, metavar="M", help="Metric to draw (repeatable; default: clean, every attack label, robust).")
+@click.option("--x", "x_key", metavar="KEY",
+              help="Swept key on the x-axis (default: the swept key with numeric values), e.g. transfer.lambda_d.")
+@click.option("--metric", "metrics", multiple=True, metavar="M",
+              help="Metric to draw (repeatable; default: clean, every attack label, robust).")
 @click.option("--out", type=click.Path(path_type=Path), help="PNG file to write (default RUN_DIR/plot.png).")
 @handle_errors
 def plot(run_dir, x_key, metrics, out):
@@ -192,9 +211,11 @@ def plot(run_dir, x_key, metrics, out):
 
 
 @cli.command("list-plugins")
-@click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier"]), help="Only components of this kind.")
+@click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier"]),
+              help="Only components of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--options", "options_of", metavar="NAME", help="Show the options of component NAME (fields, types, defaults, help).")
+@click.option("--options", "options_of", metavar="NAME",
+              help="Show the options of component NAME (fields, types, defaults, help).")
 @handle_errors
 def list_plugins(kind, as_json, options_of):
     """List every registered component: kind, name, provider and version, summary."""

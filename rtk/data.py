@@ -42,8 +42,8 @@ class ImageSet(torch.utils.data.Dataset):
         if self.size is None or tuple(x.shape[-2:]) == (self.size, self.size):
             return x
         batch = x if x.ndim == 4 else x.unsqueeze(0)
-        resized = torch.nn.functional.interpolate(batch, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                                  antialias=self.size < min(x.shape[-2:]))
+        resized = torch.nn.functional.interpolate(batch, size=(self.size, self.size), mode="bilinear",
+                                                  align_corners=False, antialias=self.size < min(x.shape[-2:]))
         return resized.clamp_(0.0, 1.0) if x.ndim == 4 else resized[0].clamp_(0.0, 1.0)
 
     def __getitem__(self, i):
@@ -101,19 +101,37 @@ class DataSplits:
 
 def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
             num_workers: int = 0, pin_memory: bool = False, part=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (images, labels) on the CPU; in-memory sets are sliced without a DataLoader.
+    """Batches of (images, labels) on the CPU (loaded as ``load_batches`` says).
 
     ``part(n)`` (a slice; rtk.services.distributed.split_batch) keeps only that part of each batch of
     ``n`` before loading, so a rank of a distributed job loads only its share; a part may be
-    empty. File-backed sets load through a DataLoader with ``num_workers`` worker processes and
-    ``pin_memory`` when ``num_workers > 0``; in-memory sets ignore both (slicing a tensor in the
-    main process is faster than any worker).
+    empty.
     """
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
     if part is not None:
         batches = [b[part(len(b))] for b in batches]
+    yield from load_batches(data, batches, num_workers, pin_memory)
+
+
+def owned_batches(data, batch_size: int, owns=lambda batch: True, *, num_workers: int = 0,
+                  pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, images, labels)`` of the consecutive batches ``b`` of ``data`` with ``owns(b)``
+    (rtk.services.distributed.owns_batch: a rank's round-robin share), in order."""
+    n = len(data)
+    starts = [start for b, start in enumerate(range(0, n, batch_size)) if owns(b)]
+    batches = [torch.arange(start, min(start + batch_size, n)) for start in starts]
+    for start, (images, labels) in zip(starts, load_batches(data, batches, num_workers, pin_memory)):
+        yield start, images, labels
+
+
+def load_batches(data, batches: list[torch.Tensor], num_workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) of each batch of indices of ``data``, in order (an empty batch gives empty tensors).
+    In-memory sets are sliced without a DataLoader; file-backed sets load through a DataLoader with
+    ``num_workers`` worker processes and ``pin_memory`` when ``num_workers > 0`` (slicing a tensor in
+    the main process is faster than any worker)."""
     if isinstance(data, ImageSet) or getattr(data, "in_memory", False) or num_workers == 0:
         for b in batches:
             yield data.take(b) if len(b) else _empty(data, b)
@@ -122,23 +140,6 @@ def iterate(data, batch_size: int, *, shuffle: bool = False, generator: torch.Ge
                                               num_workers=num_workers, pin_memory=pin_memory))
     for b in batches:
         yield next(loader) if len(b) else _empty(data, b)
-
-
-def owned_batches(data, batch_size: int, owns=lambda batch: True, *, num_workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(start, images, labels)`` of the consecutive batches ``b`` of ``data`` with ``owns(b)``
-    (rtk.services.distributed.owns_batch: a rank's round-robin share), in order; file-backed sets load
-    through a DataLoader when ``num_workers > 0``."""
-    n = len(data)
-    starts = [start for b, start in enumerate(range(0, n, batch_size)) if owns(b)]
-    if isinstance(data, ImageSet) or getattr(data, "in_memory", False) or num_workers == 0:
-        for start in starts:
-            yield (start, *data.take(torch.arange(start, min(start + batch_size, n))))
-        return
-    sampler = [list(range(start, min(start + batch_size, n))) for start in starts]
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
-    for start, (images, labels) in zip(starts, loader):
-        yield start, images, labels
 
 
 def _empty(data, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +177,8 @@ def apply_options(splits: DataSplits, cfg: DatasetConfig) -> DataSplits:
     if cfg.classes is not None:
         bad = [c for c in cfg.classes if not 0 <= c < num_classes]
         if bad or not cfg.classes:
-            raise DataError(f"classes {bad or '[]'} are not valid for {splits.name or 'this dataset'}, which has classes 0..{num_classes - 1}")
+            raise DataError(f"classes {bad or '[]'} are not valid for {splits.name or 'this dataset'}, which has"
+                            f" classes 0..{num_classes - 1}")
         if len(set(cfg.classes)) != len(cfg.classes):
             raise DataError(f"classes lists a class twice: {cfg.classes}")
         train, test = (_keep_classes(s, cfg.classes, cfg.remap) for s in (train, test))
@@ -195,7 +197,8 @@ def apply_options(splits: DataSplits, cfg: DatasetConfig) -> DataSplits:
         for c in train.labels.unique().tolist():
             idx = (train.labels == c).nonzero().flatten()
             if len(idx) < cfg.per_class:
-                raise DataError(f"per_class={cfg.per_class} but class {c} of {splits.name or 'the dataset'} has only {len(idx)} training examples")
+                raise DataError(f"per_class={cfg.per_class} but class {c} of {splits.name or 'the dataset'} has only"
+                                f" {len(idx)} training examples")
             chosen.append(idx[torch.randperm(len(idx), generator=generator)[:cfg.per_class]])
         train = train.subset(torch.cat(chosen).sort().values)
     return replace(splits, train=train, test=test, val=val, num_classes=num_classes, class_names=names)

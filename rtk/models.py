@@ -112,7 +112,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a safetensors file or a torch file, never unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; check the path (relative paths are resolved from the recipe's folder)")
+        raise WeightsError(f"weights file {path} does not exist; check the path (relative paths are resolved from the"
+                           " recipe's folder)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

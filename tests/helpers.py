@@ -1,5 +1,6 @@
-"""What tests share: the repository path, the tiny recipe, MNIST lookup, the digits CNN, a quiet
-run context, and the SIGKILL helper. Fixtures live in conftest.py; tests import these from here."""
+"""What tests share: the repository path, the tiny recipe, MNIST lookup, registered components
+built from options, the digits CNN, a quiet run context, and the SIGKILL helper. Fixtures live in
+conftest.py; tests import these from here."""
 from __future__ import annotations
 
 import os
@@ -83,10 +84,25 @@ steps = 5
 
 
 def quiet_context(**options):
-    """A RunContext on the CPU without progress bars (options as RunContext takes them)."""
+    """A RunContext on the CPU without progress bars. ``options`` are RunContext's fields or [run]'s
+    (RunConfig: seed, amp, feature_cache_mb, ...), e.g. quiet_context(seed=3, out_dir=tmp_path)."""
+    import dataclasses
+
+    from rtk.config.schema import RunConfig
     from rtk.stages.context import RunContext
 
-    return RunContext(show_progress=False, **options)
+    run = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunContext)}
+    config = RunConfig(**{key: options.pop(key) for key in list(options) if key in run})
+    return RunContext(show_progress=False, run=config, **options)
+
+
+def build(kind: str, name: str, options: dict | None = None, **kwargs):
+    """The registered component ``name`` of ``kind`` (default registry) built from ``options`` as a
+    recipe table builds it, instead of ``component.factory(build_config(component.config, options))``;
+    ``kwargs`` go to the factory (num_classes). One implementation, shared with the benchmarks."""
+    from benchmarks.common import build as build_component
+
+    return build_component(kind, name, options, **kwargs)
 
 
 def small_cnn(num_classes: int):
@@ -132,8 +148,9 @@ def kill_cli_at_marker(registry_factory: str, args: list, marker: Path, env: dic
     script = (f"import torch\nimport rtk.cli\nfrom rtk.registry import using\nfrom {module} import {function}\n"
               + ("torch.set_num_threads(1)\n" if one_thread else "")
               + f"with using({function}()):\n    rtk.cli.main()\n")
-    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=dict(os.environ, HF_HUB_OFFLINE="1", **env),
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)],
+                               env=dict(os.environ, HF_HUB_OFFLINE="1", **env), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

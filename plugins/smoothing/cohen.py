@@ -6,17 +6,15 @@ batch), counts the base classifier's votes with bincount on the device and copie
 the host once per example. The noise of example ``i`` comes from its own generator, seeded from
 (seed, i), so that a row does not depend on which examples were certified before it.
 
-Partial rows go to ``eval-state/certify-<run>.jsonl`` (one flushed line per example; the first
-line fingerprints the config, the weights and the data), so a resumed run does not certify
-finished examples again. The file is removed once the run's summary is written. It is one
-file per run point: processes that certify shards of one run concurrently need their own
-``ctx.out_dir`` (or none) and hand their rows to one ``summarize``.
+Finished rows go to the run's resume state ``ctx.state("certify")`` (rtk.services.state: one
+flushed line per example, after a fingerprint of the config, the weights and the data), so a
+resumed run does not certify finished examples again; the state is removed once the run's
+summary is written. It is one state per run point: processes that certify shards of one run
+concurrently need their own ``ctx.out_dir`` (or none) and hand their rows to one ``summarize``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from pathlib import Path
 
@@ -25,9 +23,8 @@ import torch
 from rtk_plugins.smoothing import report as certify_report
 from rtk.evaluation.attacks import model_mode
 from rtk.evaluation.certifier import Certifier
-from rtk.errors import RtkError
-from rtk.evaluation.robust_accuracy import batch_seed, model_digest
-from rtk.services.results import atomic_write_text
+from rtk.evaluation.robust_accuracy import batch_seed
+from rtk.services.state import model_digest, tensor_digest
 
 ABSTAIN = -1
 
@@ -118,40 +115,49 @@ class CohenCertifier(Certifier):
         seed = self.seed(ctx)
         for warning in self.warnings():
             ctx.console.print(f"[yellow]warning[/yellow] cohen: {warning}", highlight=False)
-        log = PartialRows(self.partial_path(ctx), {
-            "config": dataclasses.asdict(cfg), "seed": seed, "model": model_digest(model), "examples": len(data),
-            "labels": hash_labels(data.labels)}) if ctx.out_dir is not None else None
-        done = log.open(ctx.resume) if log is not None else {}
-        rows = []
-        buffer = generator = None
-        description = f"certify (sigma={cfg.sigma:g}, n={cfg.n})" if cfg.mode == "certify" else f"predict (sigma={cfg.sigma:g})"
+        state = ctx.state("certify", "certification")
+        log = state.rows(self.fingerprint(model, data, seed)) if state is not None else None
+        done = {row["index"]: row for row in log.done} if log is not None else {}
+        rows, noise = [], {}
+        samples = f", n={cfg.n}" if cfg.mode == "certify" else ""
+        what = f"{cfg.mode} (sigma={cfg.sigma:g}{samples})"  # "certify (sigma=0.25, n=100000)", "predict (sigma=0.25)"
         try:
-            with model_mode(model, train=False), torch.inference_mode(), ctx.progress(description, len(positions)) as advance:
+            with model_mode(model, train=False), torch.inference_mode(), ctx.progress(what, len(positions)) as advance:
                 for position in positions:
                     if position in done:
-                        rows.append(done[position])
-                        advance()
-                        continue
-                    started = time.perf_counter()
-                    image, label = data.take(torch.tensor([position]))
-                    x = image.to(ctx.device)
-                    if buffer is None or buffer.shape[1:] != x.shape[1:] or buffer.dtype != x.dtype:
-                        size = min(cfg.batch_size, max(cfg.n, cfg.n0))
-                        buffer = torch.empty((size, *x.shape[1:]), dtype=x.dtype, device=x.device)
-                        generator = torch.Generator(device=x.device)
-                    generator.manual_seed(batch_seed(seed, position, "cohen"))
-                    row = {"index": position, "label": int(label[0])}
-                    row.update(self.certify_one(model, x, buffer, generator))
-                    row["correct"] = row["prediction"] == row["label"]
-                    row["seconds"] = time.perf_counter() - started
+                        row = done[position]
+                    else:
+                        row = self.certify_row(model, data, position, seed, ctx, noise)
+                        if log is not None:
+                            log.append(row)
                     rows.append(row)
-                    if log is not None:
-                        log.append(row)
                     advance()
         finally:
             if log is not None:
                 log.close()
         return rows
+
+    def certify_row(self, model, data, position: int, seed: int, ctx, noise: dict) -> dict:
+        """The row of example ``position``; ``noise`` keeps the noise buffer and generator between examples."""
+        started = time.perf_counter()
+        image, label = data.take(torch.tensor([position]))
+        x = image.to(ctx.device)
+        buffer = noise.get("buffer")
+        if buffer is None or buffer.shape[1:] != x.shape[1:] or buffer.dtype != x.dtype:
+            size = min(self.config.batch_size, max(self.config.n, self.config.n0))
+            noise["buffer"] = torch.empty((size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            noise["generator"] = torch.Generator(device=x.device)
+        noise["generator"].manual_seed(batch_seed(seed, position, "cohen"))
+        row = {"index": position, "label": int(label[0])}
+        row.update(self.certify_one(model, x, noise["buffer"], noise["generator"]))
+        row["correct"] = row["prediction"] == row["label"]
+        row["seconds"] = time.perf_counter() - started
+        return row
+
+    def fingerprint(self, model, data, seed: int) -> dict:
+        """What a saved row state must match: the config, the seed, the weights and the data."""
+        return {"config": dataclasses.asdict(self.config), "seed": seed, "model": model_digest(model),
+                "examples": len(data), "labels": tensor_digest(data.labels.long())}
 
     def warnings(self) -> list[str]:
         """A warning when n caps every radius below 0.5, the radius of the headline metric."""
@@ -168,11 +174,8 @@ class CohenCertifier(Certifier):
             return []
         needed = NormalDist().cdf(0.5 / cfg.sigma)
         hint = f"; n >= {math.ceil(math.log(cfg.alpha) / math.log(needed))} reaches 0.5" if needed < 1 else ""
-        return [f"n={cfg.n} at alpha={cfg.alpha:g} caps every certified radius at {cap:.3f} (sigma * Phi^-1(alpha^(1/n)));"
-                f" certified_accuracy@0.5 is 0 by construction{hint}"]
-
-    def partial_path(self, ctx) -> Path:
-        return Path(ctx.out_dir) / "eval-state" / f"certify-{ctx.run_index}.jsonl"
+        return [f"n={cfg.n} at alpha={cfg.alpha:g} caps every certified radius at {cap:.3f}"
+                f" (sigma * Phi^-1(alpha^(1/n))); certified_accuracy@0.5 is 0 by construction{hint}"]
 
     def summarize(self, rows: list[dict], ctx) -> dict:
         cfg = self.config
@@ -183,7 +186,7 @@ class CohenCertifier(Certifier):
         tsv = f"certify-{ctx.run_index}.tsv"
         if out is not None:
             certify_report.write_tsv(out / tsv, rows)
-            self.partial_path(ctx).unlink(missing_ok=True)  # the TSV now holds every row
+            ctx.state("certify").remove()  # the TSV now holds every row
         result["tsv"] = tsv if out is not None else None
         if cfg.mode == "predict":
             result["metrics"] = {"clean_smoothed_accuracy": certify_report.certified_accuracy(rows, 0.0),
@@ -200,66 +203,3 @@ class CohenCertifier(Certifier):
         result["max_certifiable_radius"] = cap
         result["warnings"] = self.warnings()
         return result
-
-
-def hash_labels(labels: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha256(labels.cpu().long().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-class PartialRows:
-    """Rows certified so far, one JSON line each, appended as they finish.
-
-    Each line is flushed at once (a killed process loses no finished row) and fsynced at most
-    every ``sync_seconds`` and at close (what a power cut may cost), since an fsync per example
-    costs milliseconds: as much as a small model's whole certificate.
-    """
-
-    def __init__(self, path: Path, fingerprint: dict, sync_seconds: float = 1.0):
-        self.path = path
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from the file
-        self.handle = None
-        self.sync_seconds, self.synced = sync_seconds, time.monotonic()
-
-    def open(self, resume: bool) -> dict[int, dict]:
-        """{index: row} finished by an interrupted run (resume), else {} and a fresh file."""
-        done = self.read() if resume and self.path.is_file() else None
-        if done is None:
-            atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint}) + "\n")
-            done = {}
-        self.handle = open(self.path, "a", encoding="utf-8")
-        return done
-
-    def read(self) -> dict[int, dict]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            saved = json.loads(lines[0])["fingerprint"]
-        except (OSError, ValueError, KeyError, IndexError) as exc:
-            raise RtkError(f"cannot read the certification state {self.path} ({type(exc).__name__});"
-                           " delete it to certify afresh") from None
-        different = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-        if different:
-            raise RtkError(f"certification state {self.path} does not match this certification (different"
-                           f" {', '.join(different)}); resume with the options of the interrupted run, or delete it")
-        done = {}
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
-            except ValueError:  # the line being written when the run was killed
-                continue
-            done[row["index"]] = row
-        return done
-
-    def append(self, row: dict) -> None:
-        self.handle.write(json.dumps(row) + "\n")
-        self.handle.flush()
-        if time.monotonic() - self.synced >= self.sync_seconds:
-            os.fsync(self.handle.fileno())
-            self.synced = time.monotonic()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            self.handle = None

@@ -12,6 +12,11 @@ its shard, rank 0 summarises the gathered rows) and resumed (finished rows are k
   as the evaluated subset of the test set and renumbers the rows' ``index`` to the examples'
   indices in the test set before it calls ``summarize``.
 
+A certifier that keeps rows as it goes, so that a resumed run does not certify finished examples
+again, keeps them in ``ctx.state(name, kind)`` (rtk.services.state: ``.rows(fingerprint)`` gives
+the rows an interrupted run finished and appends new ones; ``.remove()`` once summarised), never
+in a file of its own: ``ctx.state`` is None outside a run folder and in a torchrun shard.
+
 ``certify(model, data, ctx)`` is the two in sequence, for callers outside a run; the runner calls
 ``certify_examples`` and ``summarize`` itself, so a subclass puts any clean-up in ``summarize``.
 A certifier that does not subclass ``Certifier`` may implement ``certify`` alone; the runner then

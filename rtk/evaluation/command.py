@@ -39,7 +39,8 @@ def infer_num_classes(weights: Path) -> int:
 
     head = read_state_dict(weights).get("head.weight")
     if head is None or head.ndim != 2:
-        raise RtkError(f"--weights {weights}: cannot read the class count (no 2-d head.weight tensor); pass --num-classes")
+        raise RtkError(f"--weights {weights}: cannot read the class count (no 2-d head.weight tensor);"
+                       " pass --num-classes")
     return int(head.shape[0])
 
 
@@ -84,7 +85,8 @@ def eval_recipe(registry, *, model: str | None, model_option=(), weights: Path |
     values = {"eps": parse_value(eps) if eps is not None else None, "norm": norm, "steps": steps}
     evaluation = {"n": n, "subset": subset, "batch_size": batch_size}
     raw = {
-        "run": {"name": "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{dataset}"), "seed": seed, "device": device},
+        "run": {"name": "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{dataset}"), "seed": seed,
+                "device": device},
         "source": source,
         "target": {"dataset": dataset, **parse_assignments(data, "--data")},
         "eval": {k: v for k, v in evaluation.items() if v is not None}
@@ -106,8 +108,8 @@ def run_eval(registry, console, err_console, *, out: Path | None, resume: bool, 
     if resume and out is None:
         raise RtkError("--resume needs --out DIR, the folder of the interrupted evaluation")
     recipe = eval_recipe(registry, **options)
-    runner = Runner(recipe, registry, out, show_progress=not quiet, console=err_console, resume=resume, overwrite=overwrite,
-                    deterministic=deterministic)
+    runner = Runner(recipe, registry, out, show_progress=not quiet, console=err_console, resume=resume,
+                    overwrite=overwrite, deterministic=deterministic)
     err_console.print(f"rtk eval: {options['weights']} on {options['dataset']} -> {runner.out_dir}")
     payload = runner.run()
     runner.report(console)

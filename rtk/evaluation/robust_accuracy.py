@@ -20,17 +20,16 @@ set as they are attacked, never copied as a whole.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
+from rtk.config.schema import EvalConfig
 from rtk.services import distributed
 from rtk.evaluation.attacks import model_mode
 from rtk.stages.context import RunContext
 from rtk.errors import RtkError
-from rtk.services.results import atomic_write, stale_temporaries
+from rtk.services.state import StateFile, model_digest, tensor_digest  # noqa: F401  (model_digest: re-exported)
 
 ORDERS = ("independent", "sequential")
 
@@ -74,66 +73,32 @@ def check_threat_model(label: str, attack, clean: torch.Tensor, adversarial: tor
     norm = getattr(attack, "norm", None)
     size = {"Linf": lambda d: d.abs().amax(1), "L2": lambda d: d.norm(dim=1), "L1": lambda d: d.abs().sum(1)}.get(norm)
     if size is not None and (size(delta) > attack.eps * (1 + 1e-4) + tol).any():
-        raise RtkError(f'attack "{label}" left its {norm} ball of eps={attack.eps:g}; the plugin must project its output')
-
-
-def model_digest(model) -> str:
-    """A hash of the weights, so a saved evaluation state is never continued with another model."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+        raise RtkError(f'attack "{label}" left its {norm} ball of eps={attack.eps:g}; the plugin must project its'
+                       ' output')
 
 
 @dataclass
-class EvalState:
-    """Where evaluate() saves its progress after every batch, and whether to continue from it.
+class EvalState(StateFile):
+    """Where evaluate() saves its progress after every batch (a safetensors resume-state file,
+    rtk.services.state), whether to continue from it, and ``fingerprint``: what else must match for
+    a saved state to be continued (the runner puts the attacks' configs there)."""
 
-    ``fingerprint`` holds what else must match for a saved state to be continued (the runner
-    puts the attacks' configs there); the file holds tensors and JSON strings only, no pickles.
-    """
+    kind: str = "evaluation"
 
-    path: Path
-    resume: bool = False
-    fingerprint: dict = field(default_factory=dict)
 
-    def load(self, fingerprint: dict, indices: torch.Tensor, names: list[str]):
-        """(examples done, {metric: correctness so far}, flags so far), or None to start afresh."""
-        if not (self.resume and self.path.is_file()):
-            return None
-        from safetensors import safe_open
+def load_progress(state: StateFile | None, fingerprint: dict, names: list[str]) -> tuple[int, dict, list]:
+    """(examples done, {metric: [correctness so far]}, flags so far) saved in ``state``, or a fresh start."""
+    saved = state.load(fingerprint) if state is not None else None
+    if saved is None:
+        return 0, {name: [] for name in names}, []
+    return int(saved["done"]), {name: [saved[f"correct.{i}"]] for i, name in enumerate(names)}, saved["flags"]
 
-        try:
-            with safe_open(str(self.path), framework="pt") as handle:
-                saved = json.loads(handle.metadata()["fingerprint"])
-                flags = json.loads(handle.metadata().get("flags", "[]"))
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as exc:
-            raise RtkError(f"cannot read the evaluation state {self.path} ({type(exc).__name__}); delete it to start the evaluation afresh") from None
-        different = [key for key in sorted(set(saved) | set(fingerprint)) if saved.get(key) != fingerprint.get(key)]
-        if not different and not torch.equal(tensors.get("indices", torch.empty(0)), indices.cpu().long()):
-            different = ["indices"]
-        if different:
-            raise RtkError(f"evaluation state {self.path} does not match this evaluation (different {', '.join(different)});"
-                           " resume with the options of the interrupted run, or delete the file to start afresh")
-        done = int(tensors["done"])
-        return done, {name: tensors[f"correct.{i}"] for i, name in enumerate(names)}, flags
 
-    def save(self, fingerprint: dict, indices: torch.Tensor, done: int, correct: dict, flags: list[dict]) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {"indices": indices.cpu().long().contiguous(), "done": torch.tensor(done)}
-        for i, chunks in enumerate(correct.values()):
-            tensors[f"correct.{i}"] = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool)
-        metadata = {"fingerprint": json.dumps(fingerprint, sort_keys=True), "flags": json.dumps(flags, default=str)}
-        # Atomic: a kill mid-write leaves the previous state intact.
-        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        for tmp in stale_temporaries(self.path):
-            tmp.unlink(missing_ok=True)
+def save_progress(state: StateFile, fingerprint: dict, done: int, correct: dict, flags: list[dict]) -> None:
+    progress = {"done": torch.tensor(done), "flags": flags}
+    for i, chunks in enumerate(correct.values()):
+        progress[f"correct.{i}"] = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool)
+    state.save(progress, fingerprint)
 
 
 def attack_batch(model, images, labels, attacks, order: str, seed: int, first_index: int) -> dict[str, torch.Tensor]:
@@ -172,80 +137,104 @@ def attack_flags(attacks, previous: list[dict]) -> list[dict]:
 def per_class_accuracy(correct: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, list]:
     """{metric: [accuracy of class 0, 1, ...]}; NaN (null in JSON) for a class with no example."""
     masks = [labels == c for c in range(num_classes)]
-    return {name: [float(v[m].float().mean()) if m.any() else float("nan") for m in masks] for name, v in correct.items()}
+    return {name: [float(v[m].float().mean()) if m.any() else float("nan") for m in masks]
+            for name, v in correct.items()}
 
 
-def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, batch_size: int = 256,
-             indices: torch.Tensor | None = None, *, order: str = "independent", per_class: bool = False,
-             num_classes: int | None = None, sanity_attacks: list | None = None, sanity_n: int = 100,
-             state: EvalState | None = None) -> dict:
-    """Clean and adversarial accuracy of ``model`` on ``test`` (an rtk.data image set).
+def evaluate(model, test, attacks: list[tuple[str, object]], ctx: RunContext, config: EvalConfig | None = None,
+             indices: torch.Tensor | None = None, *, num_classes: int | None = None, sanity_attacks: list | None = None,
+             state: StateFile | None = None) -> dict:
+    """Clean and adversarial accuracy of ``model`` on ``test`` (an rtk.data image set), evaluated as
+    ``config`` ([eval]; default ``EvalConfig()``) says: batch_size, attack_order, per_class, sanity_n.
 
-    Attacks only run on examples the model classifies correctly (a misclassified clean example
-    already counts as broken). ``sanity_attacks`` (rtk.evaluation.sanity.SanityAttack, one per attack) turns
-    on the sanity checks, run on the first ``sanity_n`` evaluated examples. With ``state``, the
-    progress is saved after every batch and, when ``state.resume``, continued from the file.
-    Returns {"metrics", "correct" (per-example bool tensors), "indices", "n", "flags",
-    "attack_order"} and, with ``per_class``, "per_class".
+    ``indices`` are the test examples to evaluate (default: those config.n, subset and subset_seed
+    select). Attacks only run on examples the model classifies correctly (a misclassified clean
+    example already counts as broken). ``sanity_attacks`` (rtk.evaluation.sanity.SanityAttack, one
+    per attack) turns on the sanity checks when ``config.sanity``, run on the first
+    ``config.sanity_n`` evaluated examples. With ``state``, the progress is saved after every batch
+    and, when ``state.resume``, continued from the file. Returns {"metrics", "correct" (per-example
+    bool tensors), "indices", "n", "flags", "attack_order"} and, with ``config.per_class``,
+    "per_class" over ``num_classes`` classes (default: the largest label + 1).
     """
+    config = EvalConfig() if config is None else config
+    order, batch_size = config.attack_order, config.batch_size
     if order not in ORDERS:
         raise RtkError(f'attack order "{order}" is not one of {", ".join(ORDERS)}')
-    indices = torch.arange(len(test)) if indices is None else indices
-    total = len(indices)
-    world = ctx.world
-    if world.distributed:
-        state = None
+    if indices is None:
+        indices = select_indices(len(test), config.n, config.subset, config.subset_seed)
     names = ["clean", *(label for label, _ in attacks)]
-    correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    done, flags, fingerprint = 0, [], {}
-    if state is not None:
-        fingerprint = {"attacks": names[1:], "order": order, "batch_size": batch_size, "seed": ctx.seed,
-                       "model": model_digest(model), **state.fingerprint}
-        loaded = state.load(fingerprint, indices, names)
-        if loaded is not None:
-            done, saved, flags = loaded
-            correct = {name: [saved[name]] for name in names}
-    rows = torch.zeros(total, len(names), dtype=torch.int32) if world.distributed else None
-    plural = "s" if len(attacks) != 1 else ""
+    state = None if ctx.world.distributed else state
+    fingerprint = {} if state is None else {
+        "attacks": names[1:], "order": order, "batch_size": batch_size, "seed": ctx.seed, "model": model_digest(model),
+        "indices": tensor_digest(indices.cpu().long())}
+    total, plural = len(indices), "s" if len(attacks) != 1 else ""
     with model_mode(model, train=False), ctx.progress(f"evaluate ({len(attacks)} attack{plural})", total) as advance:
-        advance(done)
-        for start in range(done, total, batch_size):
-            stop = min(start + batch_size, total)
-            if world.distributed and not distributed.owns_batch(start // batch_size):
-                continue
-            images, labels = test.take(indices[start:stop])
-            with ctx.autocast("eval"):
-                batch = attack_batch(model, ctx.to_device(images), ctx.to_device(labels), attacks, order, ctx.seed,
-                                     int(indices[start]))
-            if rows is not None:
-                rows[start:stop] = torch.stack([batch[name].cpu() for name in names], 1).int()
-            else:
-                for name, hit in batch.items():
-                    correct[name].append(hit.cpu())
-            if state is not None:
-                state.save(fingerprint, indices, stop, correct, attack_flags(attacks, flags))
-            advance(stop - start)
-        flags = attack_flags(attacks, flags)
-        if rows is not None:
-            rows = distributed.all_reduce_sum(rows).bool()
-            correct = {name: [rows[:, i]] for i, name in enumerate(names)}
-            gathered = [f for part in distributed.gather_objects(flags) for f in part]
-            flags = [f for i, f in enumerate(gathered) if f not in gathered[:i]]
-        correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
-        robust = correct["clean"].clone()
-        for label, _ in attacks:
-            robust &= correct[label]
-        correct["robust"] = robust
-        metrics = {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
-        if sanity_attacks is not None and sanity_n > 0 and total and world.is_main:
-            from rtk.evaluation.sanity import sanity_checks
-
-            images, labels = test.take(indices[:min(sanity_n, total)])
-            seed_batch(ctx.seed, -1, "sanity")
-            flags += sanity_checks(model, ctx.to_device(images), ctx.to_device(labels), sanity_attacks, metrics, ctx)
-    result = {"metrics": metrics, "correct": correct, "indices": indices, "n": total, "flags": flags, "attack_order": order}
-    if per_class:
+        correct, flags = attack_batches(model, test, attacks, ctx, config, indices, state, fingerprint, advance)
+        correct, metrics = worst_case(correct, attacks)
+        if sanity_attacks is not None and config.sanity and config.sanity_n > 0 and total and ctx.world.is_main:
+            flags += sanity_flags(model, test, indices[:min(config.sanity_n, total)], sanity_attacks, metrics, ctx)
+    result = {"metrics": metrics, "correct": correct, "indices": indices, "n": total, "flags": flags,
+              "attack_order": order}
+    if config.per_class:
         labels = test.labels[indices].cpu()
         classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
         result["per_class"] = per_class_accuracy(correct, labels, classes)
     return result
+
+
+def attack_batches(model, test, attacks, ctx: RunContext, config: EvalConfig, indices: torch.Tensor,
+                   state: StateFile | None, fingerprint: dict, advance) -> tuple[dict[str, list], list[dict]]:
+    """({metric: per-example correctness, in chunks}, flags) of every batch of ``indices``: continued
+    from ``state`` and saved there after every batch; under torchrun this rank's batches, then
+    everyone's gathered."""
+    order, batch_size, total, world = config.attack_order, config.batch_size, len(indices), ctx.world
+    names = ["clean", *(label for label, _ in attacks)]
+    done, correct, flags = load_progress(state, fingerprint, names)
+    rows = torch.zeros(total, len(names), dtype=torch.int32) if world.distributed else None
+    advance(done)
+    for start in range(done, total, batch_size):
+        stop = min(start + batch_size, total)
+        if world.distributed and not distributed.owns_batch(start // batch_size):
+            continue
+        images, labels = test.take(indices[start:stop])
+        with ctx.autocast("eval"):
+            batch = attack_batch(model, ctx.to_device(images), ctx.to_device(labels), attacks, order, ctx.seed,
+                                 int(indices[start]))
+        if rows is not None:
+            rows[start:stop] = torch.stack([batch[name].cpu() for name in names], 1).int()
+        else:
+            for name, hit in batch.items():
+                correct[name].append(hit.cpu())
+        if state is not None:
+            save_progress(state, fingerprint, stop, correct, attack_flags(attacks, flags))
+        advance(stop - start)
+    flags = attack_flags(attacks, flags)
+    return gathered(rows, names, flags) if rows is not None else (correct, flags)
+
+
+def gathered(rows: torch.Tensor, names: list[str], flags: list[dict]) -> tuple[dict, list[dict]]:
+    """Under torchrun: every rank's per-example rows (each filled by one rank) and flags, summed and merged."""
+    rows = distributed.all_reduce_sum(rows).bool()
+    everyone = [f for part in distributed.gather_objects(flags) for f in part]
+    flags = [f for i, f in enumerate(everyone) if f not in everyone[:i]]
+    return {name: [rows[:, i]] for i, name in enumerate(names)}, flags
+
+
+def worst_case(correct: dict[str, list[torch.Tensor]], attacks) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-example correctness with "robust" (correct under every attack) added, and each metric's mean."""
+    correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
+    robust = correct["clean"].clone()
+    for label, _ in attacks:
+        robust &= correct[label]
+    correct["robust"] = robust
+    return correct, {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
+
+
+def sanity_flags(model, test, indices: torch.Tensor, sanity_attacks: list, metrics: dict,
+                 ctx: RunContext) -> list[dict]:
+    """The sanity checks' flags on the examples ``indices`` (rtk.evaluation.sanity)."""
+    from rtk.evaluation.sanity import sanity_checks
+
+    images, labels = test.take(indices)
+    seed_batch(ctx.seed, -1, "sanity")
+    return sanity_checks(model, ctx.to_device(images), ctx.to_device(labels), sanity_attacks, metrics, ctx)

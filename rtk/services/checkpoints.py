@@ -1,16 +1,12 @@
-"""Training checkpoints: everything ``fit`` needs to continue an interrupted training exactly.
-
-A checkpoint holds tensors and plain values only, written with torch.save through a temporary
-file and a rename, and read with ``torch.load(weights_only=True)``: nothing is ever unpickled.
+"""The random generators a training checkpoint saves, so that ``fit`` continues an interrupted
+training exactly; the checkpoint itself is a resume-state file (rtk.services.state): tensors and
+plain values only, read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
-
-from rtk.errors import RtkError
 
 
 def rng_states() -> dict:
@@ -39,33 +35,3 @@ def set_rng_states(states: dict) -> None:
 
         kind, keys, pos, has_gauss, cached = states["numpy"]
         numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-
-
-def save_train_state(path: Path, state: dict) -> None:
-    """Write ``state`` atomically, so a kill mid-write leaves the previous checkpoint intact."""
-    from rtk.services.results import atomic_write
-
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_train_state(path: Path, fingerprint: str) -> dict:
-    """The checkpoint at ``path``; refuses one written by a different training."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or holding objects weights_only refuses
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RtkError(f"cannot resume from training checkpoint {path}: {first[:200]}; delete it to train this stage again") from None
-    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
-        raise RtkError(f"cannot resume from training checkpoint {path}: it was written by another training"
-                       f" ({state.get('fingerprint') if isinstance(state, dict) else '?'}, not {fingerprint}); delete it to train this stage again")
-    return state
-
-
-def remove_train_states(directory: Path | None, stage: str) -> None:
-    """Delete the checkpoints of ``stage`` (e.g. "source-0", "transfer-2") once its result is saved."""
-    if directory is None or not Path(directory).is_dir():
-        return
-    for path in Path(directory).glob(f"{stage}.pt"):
-        path.unlink(missing_ok=True)
-    for path in Path(directory).glob(f"{stage}.*.pt"):
-        path.unlink(missing_ok=True)

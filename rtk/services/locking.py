@@ -36,7 +36,8 @@ class OutputLock:
         self.fd: int | None = None
 
     def _busy(self, fd: int) -> OutputError:
-        return OutputError(f"{self.out_dir} is in use by another rtk run ({_holder(fd)}); wait for it to finish or choose another --out")
+        return OutputError(f"{self.out_dir} is in use by another rtk run ({_holder(fd)}); wait for it to finish or"
+                           " choose another --out")
 
     def check(self) -> None:
         """Fail now when another run holds the folder, without taking the lock (nothing is created)."""
@@ -65,7 +66,8 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            error = self._busy(fd) if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else write_error(self.path, exc)
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            error = self._busy(fd) if busy else write_error(self.path, exc)
             os.close(fd)
             raise error from None
         try:

@@ -95,7 +95,8 @@ def load_results(run_dir: str | Path) -> dict:
     if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs):
         raise RtkError(f"{path} is not an rtk results file (no runs with metrics)")
     if not payload.get("complete") or not runs:
-        raise RtkError(f"{path} is incomplete ({len(runs)} run(s) so far); finish it with `rtk run RECIPE --resume --out {run_dir}`")
+        raise RtkError(f"{path} is incomplete ({len(runs)} run(s) so far); finish it with"
+                       f" `rtk run RECIPE --resume --out {run_dir}`")
     return payload
 
 
@@ -138,7 +139,8 @@ def plot_series(payload: dict, x: str | None = None, metrics: list[str] | None =
     categorical = not all(is_number(v) for v in x_values)
     ticks = _labels(x_values) if categorical else []
     position = {_key(v): (i if categorical else v) for i, v in enumerate(x_values)}
-    group_values = list({_key([r["params"].get(k) for k in others]): [r["params"].get(k) for k in others] for r in runs}.values())
+    group_values = list({_key([r["params"].get(k) for k in others]): [r["params"].get(k) for k in others]
+                         for r in runs}.values())
     per_key = [_labels(list({_key(g[i]): g[i] for g in group_values}.values())) for i in range(len(others))]
     name_of = {}
     for i, key in enumerate(others):
@@ -232,6 +234,6 @@ def plot_run(run_dir: str | Path, console=None) -> Path | None:
             from rich.markup import escape
 
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            console.print(f"[yellow]warning[/yellow]: no plot: {escape(message)} (draw one with `rtk plot {run_dir} --x KEY`)",
-                          highlight=False, soft_wrap=True)
+            console.print(f"[yellow]warning[/yellow]: no plot: {escape(message)} (draw one with"
+                          f" `rtk plot {run_dir} --x KEY`)", highlight=False, soft_wrap=True)
         return None

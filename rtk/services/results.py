@@ -1,51 +1,17 @@
-"""Results: the results.json / results.csv schema, atomic writers, and the results table."""
+"""Results: the results.json / results.csv schema and the results table (the atomic writers are
+rtk.services.state's, re-exported)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 
-from rtk.errors import write_error
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Have ``write`` fill a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: readers and a killed run never see half a file. Any OSError (full disk, lost
-    permission) becomes a one-line error naming ``path``; the temporary file never stays behind."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see atomic_write)."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def stale_temporaries(path: Path) -> list[Path]:
-    """Temporary files atomic_write left beside ``path`` when its process was killed mid-write."""
-    return list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+# The atomic writers live with the resume state; re-exported here for the modules that import them from results.
+from rtk.services.state import atomic_write, atomic_write_text, stale_temporaries  # noqa: F401
 
 
 def jsonable(value: Any) -> Any:
@@ -92,7 +58,8 @@ def to_csv(runs: list[dict]) -> str:
     writer.writerow(["id", *params, *metrics, *(f"paper.{m}" for m in papers)])
     for run in runs:
         row = [run["id"]]
-        row += [json.dumps(run["params"].get(p)) if isinstance(run["params"].get(p), (dict, list)) else run["params"].get(p, "") for p in params]
+        row += [json.dumps(run["params"].get(p)) if isinstance(run["params"].get(p), (dict, list))
+                else run["params"].get(p, "") for p in params]
         row += [run_metrics(run).get(m, "") for m in metrics]
         row += [run.get("paper", {}).get(m, "") for m in papers]
         writer.writerow(row)

@@ -1,4 +1,5 @@
-"""What every stage of a run receives: device, seeds, progress display, output folder."""
+"""What every stage of a run receives: device, the [run] config, progress display, output folder
+and resume state."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rtk.config.schema import RunConfig
+from rtk.services.state import RunFolder, StateFile, train_state_path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,7 +27,9 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class RunContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
+    # The [run] table whole: seed and fast paths (rtk.config.schema.RunConfig documents them; its
+    # defaults change no number). ``device`` above is its device as resolved for this process.
+    run: RunConfig = field(default_factory=RunConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
     show_progress: bool = True
     out_dir: Path | None = None
@@ -32,32 +38,40 @@ class RunContext:
     resume: bool = False
     run_index: int = 0
     train_stage: str | None = None
-    # Fast paths ([run] options; rtk.config.schema.RunConfig documents them). Defaults change no number.
-    amp: str = "off"  # "bf16": autocast in training
-    eval_amp: str = "off"  # "bf16": autocast in evaluation and certification
-    channels_last: bool = False
-    workers: int = 0
-    pin_memory: bool = False
-    non_blocking: bool = True
-    feature_cache_mb: float | None = None  # cached features above this size live in a memory-mapped file
     _fits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> int:
+        """The run seed ([run] seed)."""
+        return self.run.seed
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU batch on the run's device: pinned first when ``pin_memory`` (so the copy can
         overlap compute with ``non_blocking``), channels_last for 4-D images when asked."""
-        if self.device.type == "cuda" and self.pin_memory and tensor.device.type == "cpu":
+        run = self.run
+        if self.device.type == "cuda" and run.pin_memory and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
-        tensor = tensor.to(self.device, non_blocking=self.non_blocking and self.device.type == "cuda")
-        if self.channels_last and tensor.ndim == 4:
+        tensor = tensor.to(self.device, non_blocking=run.non_blocking and self.device.type == "cuda")
+        if run.channels_last and tensor.ndim == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
     def autocast(self, stage: str = "train"):
         """bf16 autocast for ``stage`` ("train" or "eval") when the run asks for it, else a no-op."""
-        kind = self.amp if stage == "train" else self.eval_amp
+        kind = self.run.amp if stage == "train" else self.run.eval_amp
         if kind == "off":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def fast_model(self, model):
+        """The [run] fast paths that act on the model: channels_last weights, compiled forward.
+        nn.Module.compile compiles in place, so state dicts, ``features`` and ``head`` are untouched."""
+        if self.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.run.compile and not getattr(model, "_rtk_compiled", False):
+            model.compile()
+            model._rtk_compiled = True
+        return model
 
     @property
     def world(self):
@@ -80,7 +94,16 @@ class RunContext:
         if self.checkpoint_dir is None or stage is None:
             return None
         calls = self._fits[stage] = self._fits.get(stage, -1) + 1
-        return Path(self.checkpoint_dir) / f"{stage}-{self.run_index}{f'.{calls}' if calls else ''}.pt"
+        return train_state_path(self.checkpoint_dir, stage, self.run_index, calls)
+
+    def state(self, name: str, kind: str | None = None) -> StateFile | None:
+        """This run point's resume-state file ``name``, e.g. ``ctx.state("certify", "certification")``:
+        a certifier's per-example rows (``.rows(fingerprint)``), continued when the run resumes and
+        removed once its results are saved. None outside a run folder (``out_dir`` None). The one
+        way a plugin keeps state: it never builds a path in the run folder itself."""
+        if self.out_dir is None:
+            return None
+        return RunFolder(Path(self.out_dir), self.resume).rows(name, self.run_index, kind)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None):

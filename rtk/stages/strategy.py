@@ -12,6 +12,7 @@ from torch import nn
 
 from rtk.stages.context import RunContext
 from rtk.data import ImageSet, owned_batches
+from rtk.services.state import FEATURE_CACHE
 
 
 class TransferStrategy:
@@ -45,7 +46,7 @@ def compute_features(model, data, ctx: RunContext, batch_size: int = 512, descri
     """Penultimate features of every example, computed once in eval mode (for frozen backbones).
 
     Returned as a FeatureSet (features (N, D) float32 on the CPU, labels) that iterates like an
-    ImageSet. When the features would take more than ``ctx.feature_cache_mb`` MiB they are
+    ImageSet. When the features would take more than ``ctx.run.feature_cache_mb`` MiB they are
     written batch by batch into a memory-mapped file (in the run folder's ``feature-cache/`` on
     rank 0, else the system's temporary folder; deleted with the FeatureSet), so memory stays
     bounded by one batch whatever the dataset's size. Under torchrun batches go to ranks
@@ -59,8 +60,8 @@ def compute_features(model, data, ctx: RunContext, batch_size: int = 512, descri
     world = ctx.world
     n = len(data)
     store, path = None, None
-    owned = owned_batches(data, batch_size, distributed.owns_batch, num_workers=getattr(ctx, "workers", 0),
-                          pin_memory=getattr(ctx, "pin_memory", False))
+    owned = owned_batches(data, batch_size, distributed.owns_batch, num_workers=ctx.run.workers,
+                          pin_memory=ctx.run.pin_memory)
     try:
         with ctx.progress(description, n) as advance:
             for batch, start in enumerate(range(0, n, batch_size)):
@@ -89,12 +90,12 @@ def compute_features(model, data, ctx: RunContext, batch_size: int = 512, descri
 
 def feature_store(shape: tuple[int, ...], ctx: RunContext, description: str) -> tuple[torch.Tensor, Path | None]:
     """A float32 tensor of ``shape``: in memory, or memory-mapped from a new file when larger
-    than ``ctx.feature_cache_mb`` MiB (then also the file's path)."""
-    limit = getattr(ctx, "feature_cache_mb", None)
+    than ``ctx.run.feature_cache_mb`` MiB (then also the file's path)."""
+    limit = ctx.run.feature_cache_mb
     numel = math.prod(shape)
     if limit is None or numel * 4 <= limit * 2**20:
         return torch.empty(shape, dtype=torch.float32), None
-    folder = Path(ctx.out_dir) / "feature-cache" if ctx.out_dir is not None and ctx.world.is_main else None
+    folder = Path(ctx.out_dir) / FEATURE_CACHE if ctx.out_dir is not None and ctx.world.is_main else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in description).strip("-") or "features"

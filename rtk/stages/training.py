@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from rtk.augment import augment
-from rtk.services.checkpoints import load_train_state, rng_states, save_train_state, set_rng_states
+from rtk.services.checkpoints import rng_states, set_rng_states
 from rtk.config.schema import TrainConfig  # noqa: F401  (re-exported: strategies subclass it)
 from rtk.stages.context import RunContext
 from rtk.data import iterate
 from rtk.services import distributed
+from rtk.services.state import StateFile
 from rtk.errors import RtkError
 
 
@@ -63,18 +64,17 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
     params = [p for p in params if p.requires_grad]
     if not params:
         raise RtkError("nothing to train: every parameter is frozen")
-    if cfg.weight_decay and not getattr(cfg, "decay_bias_and_norm", True):
+    if cfg.weight_decay and not cfg.decay_bias_and_norm:
         # Biases and norm scales/shifts are the parameters with fewer than 2 dimensions.
         params = [{"params": [p for p in params if p.ndim > 1]},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
         params = [group for group in params if group["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    betas = tuple(getattr(cfg, "adam_betas", (0.9, 0.999)))
+    betas = tuple(cfg.adam_betas)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise RtkError(f"adam_betas = {list(betas)}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
-    adam = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, eps=getattr(cfg, "adam_eps", 1e-8),
-                betas=betas)
+    adam = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, betas=betas)
     return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(params, **adam)
 
 
@@ -83,10 +83,11 @@ def make_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     ((step+1)/W, so the first step already trains), then the schedule (cosine over the
     remaining steps; multistep at absolute epochs; constant)."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = round(getattr(cfg, "warmup_epochs", 0.0) * steps_per_epoch)
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
     if warm <= 0:
         if cfg.schedule == "cosine":
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                     lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         if cfg.schedule == "multistep":
             marks = [int(m * steps_per_epoch) for m in cfg.milestones]
             return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=cfg.gamma)
@@ -118,7 +119,7 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
     every epoch and every ``cfg.checkpoint_every`` steps; with ``resume`` (default ``ctx.resume``)
     training continues from it and ends with the weights an uninterrupted run would have.
 
-    Fast paths from ``ctx``: bf16 autocast around the loss (``ctx.amp``), channels_last
+    Fast paths from ``ctx``: bf16 autocast around the loss (``ctx.run.amp``), channels_last
     weights and batches, DataLoader workers and pinned memory for file-backed data.
 
     Under torchrun (rtk.services.distributed), every rank draws the same global batch and trains on its
@@ -130,120 +131,161 @@ def fit(model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: Run
     adversarial objectives differ per rank, as their examples do) and rank 0's state is restored
     on every rank afterwards, so later model construction stays identical across ranks.
     """
-    world = ctx.world
-    hook = (lambda name, default=None: getattr(objective, name, default))  # plain objects need only loss()
-    if ctx.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if hook("setup"):
-        objective.setup(model, ctx.device)
-    params = list(model.parameters() if params is None else params) + list(hook("parameters", list)())
-    if world.distributed:  # identical starting weights on every rank, as DDP guarantees at construction
-        distributed.broadcast_module(model)
-        for p in hook("parameters", list)():
-            p.data.copy_(distributed.broadcast(p.detach(), 0))
-    optimizer = make_optimizer(params, cfg)
-    per_batch = max(1, int(hook("steps_per_batch", 1)))
-    batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    steps_per_epoch = batches_per_epoch * per_batch
-    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
-    generator = ctx.generator(offset=1000 + stream)
-    path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
-    resume = ctx.resume if resume is None else resume
-    every = getattr(cfg, "checkpoint_every", 0) or 0
-    fingerprint = (f"{description}|stream {stream}|{len(data)} examples|batch {cfg.batch_size}|{cfg.epochs} epochs|"
-                   + ",".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()))
-    history, step, first_epoch, done, total, count = [], 0, 0, 0, 0.0, 0
-    epoch_start = generator.get_state()
-    saved = None  # the path of the last checkpoint this training can go back to
-    if path is not None and Path(path).is_file():
-        if resume:  # every rank reads the checkpoint rank 0 wrote
-            state = load_train_state(Path(path), fingerprint)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if hook("load_state_dict") and state.get("objective"):
-                objective.load_state_dict(state["objective"])
-            schedule.load_state_dict(state["schedule"])
-            set_rng_states(state["rng"])
-            history, step, first_epoch, done = list(state["history"]), state["step"], state["epoch"], state["done"]
-            total, count, epoch_start, saved = state["total"], state["count"], state["generator"], path
-        elif world.is_main:
-            Path(path).unlink(missing_ok=True)  # a stale file of an earlier run must never be resumed from
+    return Training(model, data, objective, cfg, ctx, params=params, description=description, stream=stream,
+                    set_mode=set_mode, checkpoint=checkpoint, resume=resume).run()
 
-    def save(epoch: int, done: int, start_state: torch.Tensor) -> None:
-        nonlocal saved
-        if path is None or not world.is_main:
+
+class Training:
+    """One ``fit``: the model, its optimizer and schedule, the progress so far, and the training
+    checkpoint (a resume-state file, rtk.services.state) it is saved to and restored from."""
+
+    def __init__(self, model: nn.Module, data, objective: Objective, cfg: TrainConfig, ctx: RunContext, *,
+                 params=None, description: str = "train", stream: int = 0, set_mode=None,
+                 checkpoint: Path | None | str = "auto", resume: bool | None = None):
+        self.model, self.data, self.objective, self.cfg, self.ctx = model, data, objective, cfg, ctx
+        self.description, self.set_mode, self.world = description, set_mode or (lambda m: m.train()), ctx.world
+        if ctx.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.hook("setup"):
+            objective.setup(model, ctx.device)
+        self.params = list(model.parameters() if params is None else params) + list(self.hook("parameters", list)())
+        if self.world.distributed:  # identical starting weights on every rank, as DDP guarantees at construction
+            distributed.broadcast_module(model)
+            for p in self.hook("parameters", list)():
+                p.data.copy_(distributed.broadcast(p.detach(), 0))
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.per_batch = max(1, int(self.hook("steps_per_batch", 1)))
+        self.batches_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        self.schedule = make_schedule(self.optimizer, cfg, self.batches_per_epoch * self.per_batch)
+        self.generator = ctx.generator(offset=1000 + stream)
+        self.history, self.step, self.first_epoch, self.done, self.total, self.count = [], 0, 0, 0, 0.0, 0
+        self.epoch_start = self.generator.get_state()
+        self.saved = None  # the path of the last checkpoint this training can go back to
+        path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
+        resume = ctx.resume if resume is None else resume
+        self.state = StateFile(Path(path), resume, kind="training") if path is not None else None
+        self.fingerprint = {"training": description, "stream": stream, "examples": len(data),
+                            "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                            "weights": ",".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())}
+        self.restore()
+
+    def hook(self, name: str, default=None):
+        return getattr(self.objective, name, default)  # plain objects need only loss()
+
+    def restore(self) -> None:
+        """Continue from the checkpoint when resuming (every rank reads what rank 0 wrote); else
+        delete a stale one of an earlier run, which must never be resumed from."""
+        loaded = self.state.load(self.fingerprint) if self.state is not None else None
+        if loaded is None:
+            if self.state is not None and not self.state.resume and self.world.is_main:
+                self.state.remove()
             return
-        save_train_state(Path(path), {
-            "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "rng": rng_states(),
-            "objective": hook("state_dict", dict)(), "generator": start_state,
-            "epoch": epoch, "done": done, "step": step, "history": history, "total": total, "count": count})
-        saved = path
+        self.model.load_state_dict(loaded["model"])
+        self.optimizer.load_state_dict(loaded["optimizer"])
+        if self.hook("load_state_dict") and loaded.get("objective"):
+            self.objective.load_state_dict(loaded["objective"])
+        self.schedule.load_state_dict(loaded["schedule"])
+        set_rng_states(loaded["rng"])
+        self.history, self.step, self.first_epoch = list(loaded["history"]), loaded["step"], loaded["epoch"]
+        self.done, self.total, self.count = loaded["done"], loaded["total"], loaded["count"]
+        self.epoch_start, self.saved = loaded["generator"], self.state.path
 
-    if world.distributed and world.rank > 0:
-        torch.manual_seed(ctx.seed * 1_000_003 + 7919 * world.rank + step)
-    # Without augmentation a rank loads only its slice; augmentations draw from the generator for
-    # the whole global batch, so then every rank augments the global batch and keeps its slice.
-    part = distributed.split_batch if world.distributed and cfg.augment == "none" else None
-    with ctx.progress(description, cfg.epochs * steps_per_epoch) as advance:
-        advance(step)
-        for epoch in range(first_epoch, cfg.epochs):
-            (set_mode or (lambda m: m.train()))(model)
-            if hasattr(objective, "start_epoch"):
-                objective.start_epoch(epoch, cfg.epochs)
-            # The epoch's order and augmentations come from the generator's state at its start:
-            # a resumed epoch replays them and skips the batches already trained on.
-            generator.set_state(epoch_start)
-            batches = iterate(data, cfg.batch_size, shuffle=True, generator=generator, num_workers=ctx.workers,
-                              pin_memory=ctx.pin_memory, part=part)
-            for batch, (images, labels) in enumerate(batches):
-                images = augment(images, cfg.augment, generator)
-                if world.distributed and part is None:
-                    mine = distributed.split_batch(len(labels))
-                    images, labels = images[mine], labels[mine]
-                if batch < done:
-                    continue
-                images, labels = ctx.to_device(images), ctx.to_device(labels)
-                if not len(labels):
-                    pieces = [(images, labels)] * per_batch
-                else:
-                    pieces = list(objective.split(images, labels)) if per_batch > 1 else [(images, labels)]
-                if world.distributed:  # every rank takes the same number of steps (collectives pair up)
-                    pieces += [(images[:0], labels[:0])] * (per_batch - len(pieces))
-                for piece_images, piece_labels in pieces:
-                    local = len(piece_labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    if local:
-                        with ctx.autocast("train"):
-                            loss = objective.loss(model, piece_images, piece_labels)
-                        if not torch.isfinite(loss):
-                            last = f"last good checkpoint {saved}" if saved else "no checkpoint yet"
-                            stage = f"{ctx.train_stage} ({description})" if ctx.train_stage else description
-                            raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({last});"
-                                           " lower the learning rate or check the data")
-                        loss.backward()
-                    if world.distributed and not distributed.all_reduce_gradients(params, local):
-                        continue  # no rank had an example for this step
-                    if local and hook("after_backward"):
-                        objective.after_backward()
-                    optimizer.step()
-                    schedule.step()
-                    step += 1
-                    if local:
-                        total += loss.item() * local
-                        count += local
+    def save(self, epoch: int, done: int) -> None:
+        """Checkpoint on rank 0: ``done`` batches of ``epoch`` trained."""
+        if self.state is None or not self.world.is_main:
+            return
+        self.state.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "schedule": self.schedule.state_dict(), "rng": rng_states(),
+                         "objective": self.hook("state_dict", dict)(), "generator": self.epoch_start, "epoch": epoch,
+                         "done": done, "step": self.step, "history": self.history, "total": self.total,
+                         "count": self.count}, self.fingerprint)
+        self.saved = self.state.path
+
+    def run(self) -> list[float]:
+        world, cfg = self.world, self.cfg
+        if world.distributed and world.rank > 0:
+            torch.manual_seed(self.ctx.seed * 1_000_003 + 7919 * world.rank + self.step)
+        with self.ctx.progress(self.description, cfg.epochs * self.batches_per_epoch * self.per_batch) as advance:
+            advance(self.step)
+            for epoch in range(self.first_epoch, cfg.epochs):
+                self.train_epoch(epoch, advance)
+        distributed.sync_rng_from(0)
+        self.model.eval()
+        return self.history
+
+    def train_epoch(self, epoch: int, advance) -> None:
+        cfg, every = self.cfg, self.cfg.checkpoint_every
+        self.set_mode(self.model)
+        if hasattr(self.objective, "start_epoch"):
+            self.objective.start_epoch(epoch, cfg.epochs)
+        # The epoch's order and augmentations come from the generator's state at its start:
+        # a resumed epoch replays them and skips the batches already trained on.
+        self.generator.set_state(self.epoch_start)
+        for batch, (images, labels) in enumerate(self.batches()):
+            if batch < self.done:
+                continue
+            for piece_images, piece_labels in self.pieces(images, labels):
+                if self.train_step(epoch, piece_images, piece_labels):
                     advance()
-                if every and step // per_batch % every == 0 and batch + 1 < batches_per_epoch:
-                    save(epoch, batch + 1, epoch_start)
-            if world.distributed:
-                distributed.average_buffers(model)
-                total, count = distributed.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64)).tolist()
-            history.append(total / max(count, 1))
-            done, total, count, epoch_start = 0, 0.0, 0, generator.get_state()
-            save(epoch + 1, 0, epoch_start)
-    distributed.sync_rng_from(0)
-    model.eval()
-    return history
+            if every and self.step // self.per_batch % every == 0 and batch + 1 < self.batches_per_epoch:
+                self.save(epoch, batch + 1)
+        if self.world.distributed:
+            distributed.average_buffers(self.model)
+            sums = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
+            self.total, self.count = distributed.all_reduce_sum(sums).tolist()
+        self.history.append(self.total / max(self.count, 1))
+        self.done, self.total, self.count, self.epoch_start = 0, 0.0, 0, self.generator.get_state()
+        self.save(epoch + 1, 0)
+
+    def batches(self):
+        """The epoch's batches, augmented; under torchrun this rank's slice of each."""
+        cfg, world = self.cfg, self.world
+        # Without augmentation a rank loads only its slice; augmentations draw from the generator for
+        # the whole global batch, so then every rank augments the global batch and keeps its slice.
+        part = distributed.split_batch if world.distributed and cfg.augment == "none" else None
+        for images, labels in iterate(self.data, cfg.batch_size, shuffle=True, generator=self.generator,
+                                      num_workers=self.ctx.run.workers, pin_memory=self.ctx.run.pin_memory, part=part):
+            images = augment(images, cfg.augment, self.generator)
+            if world.distributed and part is None:
+                mine = distributed.split_batch(len(labels))
+                images, labels = images[mine], labels[mine]
+            yield images, labels
+
+    def pieces(self, images: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch on the device as the objective's ``steps_per_batch`` steps."""
+        images, labels = self.ctx.to_device(images), self.ctx.to_device(labels)
+        if not len(labels):
+            pieces = [(images, labels)] * self.per_batch
+        else:
+            pieces = list(self.objective.split(images, labels)) if self.per_batch > 1 else [(images, labels)]
+        if self.world.distributed:  # every rank takes the same number of steps (collectives pair up)
+            pieces += [(images[:0], labels[:0])] * (self.per_batch - len(pieces))
+        return pieces
+
+    def train_step(self, epoch: int, images: torch.Tensor, labels: torch.Tensor) -> bool:
+        """One optimizer step on a piece (this rank's part of it); False when no rank had an example."""
+        local = len(labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if local:
+            with self.ctx.autocast("train"):
+                loss = self.objective.loss(self.model, images, labels)
+            if not torch.isfinite(loss):
+                last = f"last good checkpoint {self.saved}" if self.saved else "no checkpoint yet"
+                stage = f"{self.ctx.train_stage} ({self.description})" if self.ctx.train_stage else self.description
+                raise RtkError(f"{stage}: loss became {loss.item()} at epoch {epoch + 1}, step {self.step + 1}"
+                               f" ({last}); lower the learning rate or check the data")
+            loss.backward()
+        if self.world.distributed and not distributed.all_reduce_gradients(self.params, local):
+            return False
+        if local and self.hook("after_backward"):
+            self.objective.after_backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        if local:
+            self.total += loss.item() * local
+            self.count += local
+        return True
 
 
 class CrossEntropy(Objective):

@@ -18,8 +18,8 @@ def test_a_box_is_that_region_resized_bilinearly():
     x = torch.rand(2, 3, 16, 16)
     boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 6.0, 12.0, 10.0]])
     out = resized_crop(x, boxes)
-    expected = [F.interpolate(x[i:i + 1, :, t:t + h, l:l + w], size=(16, 16), mode="bilinear", align_corners=False)
-                for i, (t, l, h, w) in enumerate(boxes.long().tolist())]
+    expected = [F.interpolate(x[i:i + 1, :, t:t + h, x0:x0 + w], size=(16, 16), mode="bilinear", align_corners=False)
+                for i, (t, x0, h, w) in enumerate(boxes.long().tolist())]
     assert torch.allclose(out, torch.cat(expected), atol=1e-5)
 
 

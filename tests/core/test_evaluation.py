@@ -18,8 +18,10 @@ from rtk.data import apply_options
 from rtk.errors import RtkError
 from rtk.evaluation.robust_accuracy import EvalState, evaluate
 from rtk.config.recipe import load_recipe
+from rtk.config.schema import EvalConfig
 from rtk.registry import registry_with, using
 from rtk.stages.runner import Runner
+from rtk.stages.source import SourceStage
 from tests.helpers import quiet_context
 from tests.helpers import TINY_RECIPE
 from tests.helpers import kill_cli_at_marker
@@ -56,7 +58,8 @@ class FakeAttack(Attack):
         if self.config.stop_after and FakeAttack.calls >= self.config.stop_after:
             raise KeyboardInterrupt
         n = len(images)
-        chosen = torch.rand(n) < self.config.fool if self.config.random else torch.arange(n) < math.ceil(self.config.fool * n)
+        fool = self.config.fool
+        chosen = torch.rand(n) < fool if self.config.random else torch.arange(n) < math.ceil(fool * n)
         out = images.clone()
         SEEN.setdefault(self.name, []).extend(key(x) for x in images)
         for i in chosen.nonzero().flatten().tolist():
@@ -164,8 +167,9 @@ def ctx(seed=0):
 @pytest.mark.parametrize("order", ["independent", "sequential"])
 def test_attack_order(order, trained, fake_registry, cli, tmp_path):
     with using(fake_registry):
-        result = cli(*eval_args(trained[1], "--attack", "breaker", "--attack", "counter", "--n", "80", "--batch-size", "20",
-                                "--set", "eval.attacks.0.fool=0.5", "--set", f"eval.attack_order={order}",
+        result = cli(*eval_args(trained[1], "--attack", "breaker", "--attack", "counter", "--n", "80",
+                                "--batch-size", "20", "--set", "eval.attacks.0.fool=0.5",
+                                "--set", f"eval.attack_order={order}",
                                 "--set", "eval.sanity=false", "--out", tmp_path / "out"))
     assert result.exit_code == 0, result.stderr
     run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
@@ -191,7 +195,8 @@ def test_per_class_matches_a_hand_computation(trained, digits):
     attacks = [("PGD", make_pgd(PGDConfig(eps=0.1, steps=3)))]
     labels = digits.test.labels
     indices = (labels <= 1).nonzero().flatten()[:30]  # classes 2-4 absent
-    result = evaluate(model, digits.test, attacks, ctx(), 8, indices, per_class=True, num_classes=5)
+    config = EvalConfig(batch_size=8, per_class=True)
+    result = evaluate(model, digits.test, attacks, ctx(), config, indices, num_classes=5)
     for metric in ("clean", "PGD", "robust"):
         rows = result["correct"][metric].tolist()
         for c in range(2):
@@ -218,7 +223,7 @@ def test_per_batch_seeding_makes_examples_independent(trained, digits, fake_regi
                 ("PGD", make_pgd(PGDConfig(eps=0.15, steps=2)))]
 
     def run(indices, seed=0):
-        result = evaluate(model, digits.test, attacks(), ctx(seed), 10, torch.tensor(indices))
+        result = evaluate(model, digits.test, attacks(), ctx(seed), EvalConfig(batch_size=10), torch.tensor(indices))
         return {k: v.tolist() for k, v in result["correct"].items()}
 
     full = run(list(range(60)))
@@ -236,7 +241,8 @@ def test_flags_reach_results(trained, fake_registry, cli, tmp_path):
                                 "--out", tmp_path / "out"))
     assert result.exit_code == 0, result.stderr
     (run,) = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
-    assert {"attack": "breaker", "name": "breaker-noticed", "message": "something odd", "source": "breaker"} in run["flags"]
+    flag = {"attack": "breaker", "name": "breaker-noticed", "message": "something odd", "source": "breaker"}
+    assert flag in run["flags"]
     assert "breaker-noticed" in result.stdout and "something odd" in result.stdout
 
 
@@ -247,8 +253,9 @@ def test_sanity_flags_appear_when_on(trained, digits):
     config = PGDConfig(eps=0.1, steps=2)
     noisy = torch.nn.Sequential(trained[0], NoisyLogits())  # a random forward pass: the checks must say so
     try:
-        result = evaluate(noisy, digits.test, [("PGD", make_pgd(config))], ctx(), 10, torch.arange(20),
-                          sanity_attacks=[SanityAttack("PGD", config, make_pgd)], sanity_n=10)
+        result = evaluate(noisy, digits.test, [("PGD", make_pgd(config))], ctx(),
+                          EvalConfig(batch_size=10, sanity_n=10), torch.arange(20),
+                          sanity_attacks=[SanityAttack("PGD", config, make_pgd)])
     except NotImplementedError:
         pytest.skip("rtk.evaluation.sanity.sanity_checks is not implemented yet")
     assert result["flags"] and all({"name", "message"} <= set(flag) for flag in result["flags"])
@@ -324,17 +331,19 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(trained, fake_regis
 
 def test_mismatched_state_file_is_refused(trained, digits, fake_registry, tmp_path):
     model, _ = trained
-    path = tmp_path / "state.safetensors"
+    path, batches = tmp_path / "state.safetensors", EvalConfig(batch_size=10)
     stopper = fake_registry.get("attack", "counter").factory(FakeConfig(stop_after=3))
     with pytest.raises(KeyboardInterrupt):
-        evaluate(model, digits.test, [("counter", stopper)], ctx(), 10, torch.arange(50), state=EvalState(path))
+        evaluate(model, digits.test, [("counter", stopper)], ctx(), batches, torch.arange(50), state=EvalState(path))
     assert path.is_file()
     counter = fake_registry.get("attack", "counter").factory(FakeConfig())
     for indices, other in ((torch.arange(1, 51), model), (torch.arange(50), small_cnn())):
         with pytest.raises(RtkError, match="does not match this evaluation"):
-            evaluate(other, digits.test, [("counter", counter)], ctx(), 10, indices, state=EvalState(path, resume=True))
+            evaluate(other, digits.test, [("counter", counter)], ctx(), batches, indices,
+                     state=EvalState(path, resume=True))
     FakeAttack.calls = 0
-    resumed = evaluate(model, digits.test, [("counter", counter)], ctx(), 10, torch.arange(50), state=EvalState(path, resume=True))
+    resumed = evaluate(model, digits.test, [("counter", counter)], ctx(), batches, torch.arange(50),
+                       state=EvalState(path, resume=True))
     assert FakeAttack.calls == 3  # batches 3-5 only: two were saved before the interruption
     assert len(resumed["correct"]["clean"]) == 50
 
@@ -355,7 +364,7 @@ def test_rtk_run_resume_reuses_the_target_checkpoint(write_recipe, fake_registry
         Runner(load_recipe(path, overrides=["eval.attacks.0.stop_after=0"]), fake_registry, out, resume=True)
     # The stop is on the 4th call of the process; fresh counts let the resumed run finish.
     FakeAttack.calls = -100
-    monkeypatch.setattr(Runner, "source_model", lambda *a: pytest.fail("resuming must not train again"))
+    monkeypatch.setattr(SourceStage, "model", lambda *a: pytest.fail("resuming must not train again"))
     resumed = Runner(load_recipe(path), fake_registry, out, show_progress=False, resume=True).run()["runs"][0]
     assert resumed["metrics"] == whole["metrics"] and resumed["source"] == whole["source"]
     with pytest.raises(RtkError, match="complete"):

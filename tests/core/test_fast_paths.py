@@ -7,20 +7,20 @@ import gc
 import pytest
 import torch
 
-from rtk.stages.context import RunContext
 from rtk.data import FileImageSet, iterate
 from rtk.errors import RtkError
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.strategy import compute_features
-from tests.helpers import TINY_RECIPE
+from tests.helpers import TINY_RECIPE, quiet_context
 
 RECIPE = TINY_RECIPE.replace("n = 60", "n = 60\nsanity = false")
 
 
 def run(path, out, *overrides):
-    return Runner(load_recipe(path, None, list(overrides)), default_registry(), out, show_progress=False).run()["runs"][0]
+    runner = Runner(load_recipe(path, None, list(overrides)), default_registry(), out, show_progress=False)
+    return runner.run()["runs"][0]
 
 
 def small_cnn():
@@ -38,7 +38,8 @@ def digits():
 
 
 @pytest.mark.parametrize("key, value, words", [("amp", '"fp16"', '"off" | "bf16"'), ("workers", "-1", "workers"),
-                                               ("feature_cache_mb", "-5", "feature_cache_mb"), ("compile", '"yes"', "compile")])
+                                               ("feature_cache_mb", "-5", "feature_cache_mb"),
+                                               ("compile", '"yes"', "compile")])
 def test_bad_fast_path_options_are_one_line_errors(write_recipe, key, value, words):
     path = write_recipe(RECIPE)
     with pytest.raises(RtkError) as info:
@@ -65,24 +66,26 @@ def test_bf16_training_and_channels_last_run_on_cpu(write_recipe, tmp_path, one_
 
 
 def test_training_autocast_leaves_evaluation_in_float32(one_thread):
+    from rtk.config.schema import EvalConfig
     from rtk.evaluation.robust_accuracy import evaluate
 
     model, test = small_cnn(), digits().test
-    plain = evaluate(model, test, [], RunContext(show_progress=False), 128)
-    with_amp = evaluate(model, test, [], RunContext(show_progress=False, amp="bf16", channels_last=False), 128)
+    config = EvalConfig(batch_size=128)
+    plain = evaluate(model, test, [], quiet_context(), config)
+    with_amp = evaluate(model, test, [], quiet_context(amp="bf16", channels_last=False), config)
     assert torch.equal(plain["correct"]["clean"], with_amp["correct"]["clean"])
-    ctx = RunContext(show_progress=False, eval_amp="bf16")
+    ctx = quiet_context(eval_amp="bf16")
     with ctx.autocast("eval"):
         assert model(test.take(torch.arange(4))[0]).dtype == torch.bfloat16  # eval_amp does switch evaluation
-    with RunContext(show_progress=False, amp="bf16").autocast("eval"):
+    with quiet_context(amp="bf16").autocast("eval"):
         assert model(test.take(torch.arange(4))[0]).dtype == torch.float32
 
 
 def test_feature_cache_spills_to_a_memory_mapped_file(tmp_path, one_thread):
     model, train = small_cnn(), digits().train
-    in_memory = compute_features(model, train, RunContext(show_progress=False), 100)
+    in_memory = compute_features(model, train, quiet_context(feature_cache_mb=None), 100)  # unset: always in memory
     assert in_memory.path is None
-    ctx = RunContext(show_progress=False, out_dir=tmp_path, feature_cache_mb=0.05)  # 1258 x 32 floats: 0.15 MiB
+    ctx = quiet_context(out_dir=tmp_path, feature_cache_mb=0.05)  # 1258 x 32 floats: 0.15 MiB
     spilled = compute_features(model, train, ctx, 100, "features (train)")
     path = spilled.path
     assert path is not None and path.parent == tmp_path / "feature-cache" and path.stat().st_size == 1258 * 32 * 4
@@ -92,7 +95,7 @@ def test_feature_cache_spills_to_a_memory_mapped_file(tmp_path, one_thread):
     del spilled, images
     gc.collect()
     assert not path.exists()
-    large = compute_features(model, train, RunContext(show_progress=False, feature_cache_mb=1.0), 100)
+    large = compute_features(model, train, quiet_context(feature_cache_mb=1.0), 100)
     assert large.path is None  # under the limit: in memory
 
 
@@ -120,8 +123,8 @@ def test_workers_load_the_same_batches(one_thread):
 
 def test_to_device_applies_channels_last_only_when_asked():
     x = torch.rand(2, 3, 4, 4)
-    assert RunContext(channels_last=True).to_device(x).is_contiguous(memory_format=torch.channels_last)
-    assert RunContext().to_device(x).is_contiguous()
+    assert quiet_context(channels_last=True).to_device(x).is_contiguous(memory_format=torch.channels_last)
+    assert quiet_context().to_device(x).is_contiguous()
 
 
 @pytest.mark.slow

@@ -17,11 +17,12 @@ def payload(complete=True):
     for source in ("natural", "robust"):
         for i, lam in enumerate(LAMBDAS):
             shift = 0.0 if source == "natural" else 0.3
-            metrics = {"clean": 0.9 - 0.05 * i, "PGD-20": 0.1 * i * (source == "robust"), "robust": 0.09 * i * (source == "robust")}
+            robust = source == "robust"
+            metrics = {"clean": 0.9 - 0.05 * i, "PGD-20": 0.1 * i * robust, "robust": 0.09 * i * robust}
+            paper = {"clean": 0.8 - 0.04 * i, "PGD-20": "unknown" if i == 0 else shift} if robust else {}
             runs.append({"id": f"lambda_d={lam:g},objective={source}",
                          "params": {"transfer.lambda_d": lam, "source.objective": {"name": source}},
-                         "metrics": metrics,
-                         "paper": {"clean": 0.8 - 0.04 * i, "PGD-20": "unknown" if i == 0 else shift} if source == "robust" else {}})
+                         "metrics": metrics, "paper": paper})
     runs.reverse()  # the series are sorted by x whatever the order of the runs
     return {"recipe": "test", "complete": complete, "runs": runs}
 
@@ -51,7 +52,8 @@ def test_series_equal_the_results():
                       if r["params"]["source.objective"]["name"] == source)
         assert list(zip(line.xs, line.ys)) == mine
         published = sorted((r["params"]["transfer.lambda_d"], r["paper"].get(line.metric)) for r in runs
-                           if r["params"]["source.objective"]["name"] == source and isinstance(r["paper"].get(line.metric), float))
+                           if r["params"]["source.objective"]["name"] == source
+                           and isinstance(r["paper"].get(line.metric), float))
         assert sorted(zip(line.paper_xs, line.paper_ys)) == published
     robust_pgd = next(s for s in data.series if s.metric == "PGD-20" and s.group == "objective=robust")
     assert len(robust_pgd.paper_xs) == len(LAMBDAS) - 1  # "unknown" is not drawn
@@ -64,7 +66,8 @@ def test_categorical_and_linear_axes():
     assert data.categorical and not data.log_x
     assert data.ticks[0] != data.ticks[1] and all(t.startswith("cifar100") for t in data.ticks)
     assert data.series[0].xs == [0, 1] and data.series[0].ys == [0.5, 0.6]
-    linear = plot_series({"runs": [{"id": str(k), "params": {"transfer.k": k}, "metrics": {"clean": k / 20}} for k in (1, 5, 17)]})
+    linear = plot_series({"runs": [{"id": str(k), "params": {"transfer.k": k}, "metrics": {"clean": k / 20}}
+                                   for k in (1, 5, 17)]})
     assert not linear.log_x and linear.series[0].xs == [1, 5, 17]
 
 
@@ -122,7 +125,8 @@ def test_plot_run_is_quiet_without_a_sweep_and_never_raises(tmp_path):
 
     from rich.console import Console
 
-    single = write(tmp_path / "single", {"complete": True, "runs": [{"id": "r", "params": {}, "metrics": {"clean": 0.5}}]})
+    single = write(tmp_path / "single",
+                   {"complete": True, "runs": [{"id": "r", "params": {}, "metrics": {"clean": 0.5}}]})
     assert plot_run(single) is None and not (single / "plot.png").exists()
     swept = write(tmp_path / "swept", payload())
     assert plot_run(swept) == swept / "plot.png" and png_size(swept / "plot.png")

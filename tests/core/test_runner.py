@@ -13,12 +13,12 @@ from rtk.config.fields import option
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry, registry_with
 from rtk.stages.runner import Runner
-from tests.helpers import TINY_RECIPE
+from tests.helpers import TINY_RECIPE, quiet_context
 
 
 def run_recipe(path, out, overrides=(), registry=None, profile=None):
-    runner = Runner(load_recipe(path, profile, list(overrides)), registry or default_registry(), out, show_progress=False)
-    return runner.run()
+    recipe = load_recipe(path, profile, list(overrides))
+    return Runner(recipe, registry or default_registry(), out, show_progress=False).run()
 
 
 def test_run_writes_every_output(tiny_recipe, tmp_path, cli):
@@ -72,7 +72,7 @@ def test_sweep_trains_each_distinct_source_once(write_recipe, tmp_path):
     path = write_recipe(TINY_RECIPE + '\n[sweep]\n"transfer.lr" = [0.1, 0.01]\n')
     runner = Runner(load_recipe(path), default_registry(), tmp_path / "out", show_progress=False)
     results = runner.run()
-    assert len(results["runs"]) == 2 and len(runner.sources) == 1
+    assert len(results["runs"]) == 2 and len(runner.source.trained) == 1
     assert results["runs"][0]["source"] == results["runs"][1]["source"]
     assert (tmp_path / "out" / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a sweep is plotted
 
@@ -92,7 +92,7 @@ def test_robust_is_the_per_example_worst_case(write_recipe, tmp_path):
     text = TINY_RECIPE + '\n[[eval.attacks]]\nname = "pgd"\nlabel = "PGD-L2"\nnorm = "L2"\neps = 0.5\nsteps = 5\n'
     runner = Runner(load_recipe(write_recipe(text)), default_registry(), tmp_path / "out", show_progress=False)
     spec = runner.specs[0]
-    from rtk.stages.context import RunContext
+    from rtk.config.schema import EvalConfig
     from rtk.evaluation.robust_accuracy import evaluate
 
     runner.run()
@@ -103,9 +103,9 @@ def test_robust_is_the_per_example_worst_case(write_recipe, tmp_path):
     from rtk.models import load_weights
 
     load_weights(model, runner.out_dir / "checkpoints" / "run-0.safetensors")
-    target = runner.dataset(spec.target)
-    result = evaluate(model, target.test, [(a.label, a.build()) for a in spec.attacks], RunContext(show_progress=False),
-                      indices=torch.arange(60))
+    target = runner.datasets.get(spec.target)
+    result = evaluate(model, target.test, [(a.label, a.build()) for a in spec.attacks], quiet_context(), EvalConfig(),
+                      torch.arange(60))
     both = result["correct"]["PGD-5"] & result["correct"]["PGD-L2"]
     assert result["correct"]["robust"].equal(both & result["correct"]["clean"])
 

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtk.stages.context import RunContext
 from rtk.data import ImageSet
 from rtk.config.schema import TrainConfig
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.training import fit
-from tests.helpers import REPO, TINY_RECIPE
+from tests.helpers import REPO, TINY_RECIPE, quiet_context
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
@@ -43,7 +42,8 @@ watched, log = os.environ.get("RTK_AUDIT_OUT"), os.environ.get("RTK_AUDIT_LOG")
 if watched and log and os.environ.get("RANK"):
     events = []
     def hook(event, args):
-        if event in ("os.rename", "os.mkdir", "os.remove", "shutil.rmtree") or (event == "open" and args[1] and set(str(args[1])) & set("wax+")):
+        writes = event == "open" and args[1] and set(str(args[1])) & set("wax+")
+        if event in ("os.rename", "os.mkdir", "os.remove", "shutil.rmtree") or writes:
             if any(os.path.abspath(str(a)).startswith(watched) for a in args[:2] if isinstance(a, (str, os.PathLike))):
                 events.append(f"{event} {args[0]}")
     sys.addaudithook(hook)
@@ -55,8 +55,8 @@ if watched and log and os.environ.get("RANK"):
 
 
 def torchrun(tmp_path: Path, *args, env=None):
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)]),
-                   **(env or {})}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)]), **(env or {})}
     return subprocess.run([TORCHRUN, "--nproc_per_node=2", "--standalone", *map(str, args)], cwd=tmp_path,
                           env=environment, capture_output=True, text=True, timeout=240)
 
@@ -98,17 +98,18 @@ def test_two_processes_give_the_results_of_one(tmp_path, one_thread):
 SHARDS = '''
 import json, sys, torch
 from rtk.services import distributed
-from rtk.stages.context import RunContext
+from rtk.config.schema import EvalConfig
 from rtk.evaluation.robust_accuracy import evaluate
 from rtk.stages.training import fit
 from tests.e2e.test_distributed import Recorder, linear_model, workload
+from tests.helpers import quiet_context
 
 torch.set_num_threads(1)
 world = distributed.init()
 model, (data, cfg) = linear_model(), workload()
 recorder = Recorder()
-fit(model, data, recorder, cfg, RunContext(seed=3, show_progress=False), checkpoint=None)
-clean = evaluate(model, data, [], RunContext(seed=3, show_progress=False), 7)["metrics"]["clean"]
+fit(model, data, recorder, cfg, quiet_context(seed=3), checkpoint=None)
+clean = evaluate(model, data, [], quiet_context(seed=3), EvalConfig(batch_size=7))["metrics"]["clean"]
 out = {"batches": recorder.batches, "weights": [p.tolist() for p in model.parameters()], "clean": clean}
 open(f"{sys.argv[1]}/rank{world.rank}.json", "w").write(json.dumps(out))
 distributed.shutdown()
@@ -142,7 +143,7 @@ def workload():
 def test_ranks_train_on_disjoint_slices_of_the_same_batches(tmp_path, one_thread):
     model, (data, cfg) = linear_model(), workload()
     single = Recorder()
-    fit(model, data, single, cfg, RunContext(seed=3, show_progress=False), checkpoint=None)
+    fit(model, data, single, cfg, quiet_context(seed=3), checkpoint=None)
     script = tmp_path / "shards.py"
     script.write_text(SHARDS)
     (tmp_path / "site").mkdir()

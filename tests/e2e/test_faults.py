@@ -101,8 +101,9 @@ def test_runner_holds_the_lock_while_running_and_releases_it(tiny_recipe, tmp_pa
     from rtk.stages.runner import Runner
 
     out = tmp_path / "out"
-    runner = Runner(load_recipe(tiny_recipe, None, ["source.train.epochs=1", "transfer.epochs=1", "eval.n=10",
-                                                      "eval.sanity=false"]), default_registry(), out, show_progress=False)
+    recipe = load_recipe(tiny_recipe, None, ["source.train.epochs=1", "transfer.epochs=1", "eval.n=10",
+                                             "eval.sanity=false"])
+    runner = Runner(recipe, default_registry(), out, show_progress=False)
     seen = []
 
     def point(index, spec):
@@ -144,7 +145,8 @@ def test_full_disk_during_a_run_is_one_line(cli, tiny_recipe, tmp_path, monkeypa
     out = tmp_path / "out"
     _full_disk_on(monkeypatch, "recipe.resolved.toml")
     message = one_line_error(cli("run", tiny_recipe, "--out", out, "--quiet"))
-    assert message == f"error: no space left on device while writing {out / 'recipe.resolved.toml'}: free space or choose another --out"
+    assert message == (f"error: no space left on device while writing {out / 'recipe.resolved.toml'}: free space or"
+                       " choose another --out")
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     assert not (out / "results.json").exists()
 
@@ -200,7 +202,8 @@ def test_unwritable_output_simulated(cli, tiny_recipe, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     message = one_line_error(cli("run", tiny_recipe, "--out", tmp_path / "ro" / "out", "--quiet"))
-    assert message == f"error: cannot write {tmp_path / 'ro' / 'out' / LOCK_NAME}: Permission denied; choose another --out"
+    assert message == (f"error: cannot write {tmp_path / 'ro' / 'out' / LOCK_NAME}: Permission denied; choose"
+                       " another --out")
 
 
 def _small_cnn_weights(path: Path) -> Path:

@@ -48,7 +48,8 @@ def test_cartl_recipe_compares_neft_with_plain_finetuning_of_the_same_blocks(pro
     assert plain.transfer.component.name == "retrain-last-k" and neft.transfer.component.name == "neft"
     assert plain.transfer.config.reinit is False  # fine-tuned from the source weights, as NEFT is
     if profile is None:
-        assert plain.source.objective.config.k == neft.transfer.config.k  # the regularised feature is the frozen part's output
+        # the regularised feature is the frozen part's output
+        assert plain.source.objective.config.k == neft.transfer.config.k
         for name in SHARED_FINETUNING:
             assert getattr(plain.transfer.config, name) == getattr(neft.transfer.config, name), name
 

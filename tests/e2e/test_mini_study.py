@@ -64,7 +64,8 @@ def test_noise_recipe_certifies_the_sources_themselves():
 def test_last_layer_recipe_retrains_only_a_fresh_head_with_each_objective():
     specs = resolve(load_recipe(LAST_LAYER), default_registry())
     pairs = [(spec.source.objective.name, spec.transfer_objective.name) for spec in specs]
-    assert pairs == [("natural", "natural"), ("natural", "gaussian"), ("consistency", "natural"), ("consistency", "gaussian")]
+    assert pairs == [("natural", "natural"), ("natural", "gaussian"), ("consistency", "natural"),
+                     ("consistency", "gaussian")]
     for spec in specs:
         assert spec.transfer.name == "retrain-last-k"
         assert spec.transfer.config.k == 1 and spec.transfer.config.reinit and spec.transfer.config.augment == "none"

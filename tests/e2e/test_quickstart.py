@@ -7,7 +7,8 @@ from tests.helpers import REPO
 
 
 def test_quickstart_robust_source_keeps_robustness(tmp_path):
-    runner = Runner(load_recipe(REPO / "recipes" / "quickstart.toml"), default_registry(), tmp_path / "out", show_progress=False)
+    recipe = load_recipe(REPO / "recipes" / "quickstart.toml")
+    runner = Runner(recipe, default_registry(), tmp_path / "out", show_progress=False)
     runs = {run["id"]: run["metrics"] for run in runner.run()["runs"]}
     natural, robust = runs["objective=natural"], runs["objective=pgd-at"]
     assert natural["clean"] > 0.85 and robust["clean"] > 0.85  # both transfers are useful classifiers

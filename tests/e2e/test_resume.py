@@ -95,7 +95,8 @@ def make_registry():
 
 # Source: 631 examples, batch 64 -> 10 steps an epoch, 2 epochs (losses 1-20), a checkpoint
 # every 4 steps. Probe: 5 steps an epoch, 3 epochs per sweep point (losses 21-35, then 36-50).
-RECIPE = (TINY_RECIPE.replace("[source.train]", '[source.objective]\nname = "hanging-ce"\n\n[source.train]\ncheckpoint_every = 4')
+RECIPE = (TINY_RECIPE.replace("[source.train]",
+                              '[source.objective]\nname = "hanging-ce"\n\n[source.train]\ncheckpoint_every = 4')
           .replace('strategy = "linear-probe"', 'strategy = "hanging-probe"\nbatch_size = 128')
           + '\n[sweep]\n"transfer.lr" = [0.01, 0.03]\n')
 
@@ -124,8 +125,8 @@ def killed_at(recipe, out: Path, loss: int | None) -> None:
     loss (None: while it runs its first certification)."""
     marker = out.parent / f"{out.name}-hanging"
     hang = {"RTK_TEST_HANG": f"{marker}:{loss}"} if loss is not None else {"RTK_TEST_HANG_CERTIFY": str(marker)}
-    stderr = kill_cli_at_marker("tests.e2e.test_resume:make_registry", ["run", recipe, "--out", out, "--quiet"], marker, hang,
-                                timeout=120, one_thread=True)
+    stderr = kill_cli_at_marker("tests.e2e.test_resume:make_registry", ["run", recipe, "--out", out, "--quiet"], marker,
+                                hang, timeout=120, one_thread=True)
     assert marker.exists(), f"the run never reached loss {loss}: {stderr!r}"
 
 
@@ -160,11 +161,12 @@ def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_pa
     assert not (out / "train-state" / "source-0.pt").exists()  # dropped once the source was saved
     assert torch.load(out / "train-state" / "transfer-0.pt", weights_only=True)["epoch"] == 1
     assert (out / "checkpoints" / "source-0.json").is_file()  # the finished source's info, saved after its weights
-    import rtk.stages.runner
+    import rtk.stages.source
 
     trained = []
-    real_fit = rtk.stages.runner.fit
-    monkeypatch.setattr(rtk.stages.runner, "fit", lambda *a, **k: trained.append(k.get("description")) or real_fit(*a, **k))
+    real_fit = rtk.stages.source.fit
+    monkeypatch.setattr(rtk.stages.source, "fit",
+                        lambda *a, **k: trained.append(k.get("description")) or real_fit(*a, **k))
     resume(recipe, registry, out)
     assert not any(d.startswith("source") for d in trained)  # the finished source is loaded, not trained again
     same_run(out, uninterrupted)

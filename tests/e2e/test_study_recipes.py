@@ -78,7 +78,7 @@ def test_table2_numbers_reach_the_right_runs(with_weights):
     assert found[("flowers102", "AT")] == {"clean": 0.937, "robust": 0.901}
     assert found[("imagefolder", "SimCLR")] == {"clean": 0.604, "robust": 0.444}  # Birdsnap
     # the labels name the sources they stand for, so a row cannot reach the wrong weights
-    weights = {label: point.params["source"].get("weights", "") for point in points for label in [point.params["source"]["label"]]}
+    weights = {point.params["source"]["label"]: point.params["source"].get("weights", "") for point in points}
     assert "at_l2" in weights["AT"] and "simclr" in weights["SimCLR"] and weights["random"] == ""
 
 
@@ -92,8 +92,8 @@ def test_table3_numbers_are_certified_metrics(with_weights):
     assert cifar10_cr == [{"clean_smoothed_accuracy": 0.934, "certified_accuracy@0.5": 0.892, "acr": 1.601}]
 
 
-@pytest.mark.parametrize("profile, keys", [(None, {"clean", "robust"}),
-                                            ("certified", {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"})])
+@pytest.mark.parametrize("profile, keys", [
+    (None, {"clean", "robust"}), ("certified", {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"})])
 def test_table4_rows_follow_the_fine_tuning_objective(with_weights, profile, keys):
     recipe = load_recipe(with_weights / "study_table4.toml", profile)
     papers = [paper_for(recipe, p.params) for p in recipe.points()]
@@ -119,11 +119,15 @@ def test_the_study_settings_are_the_papers():
     t2 = tomllib.loads((REPO / "recipes" / "study_table2.toml").read_text())
     assert t2["transfer"]["objective"] == {"name": "pgd-at", "norm": "L2", "eps": 0.5, "steps": 3, "alpha": "1/3",
                                                 "random_start": True}
-    assert [(a["name"], a["norm"], a["eps"]) for a in t2["eval"]["attacks"]] == [("apgd-ce", "L2", 0.5), ("square", "L2", 0.5)]
+    attacks = [(a["name"], a["norm"], a["eps"]) for a in t2["eval"]["attacks"]]
+    assert attacks == [("apgd-ce", "L2", 0.5), ("square", "L2", 0.5)]
     assert t2["eval"]["attacks"][0]["restarts"] == 5  # AutoAttack's constructor default, kept by version "custom"
     t3 = tomllib.loads((REPO / "recipes" / "study_table3.toml").read_text())
-    assert {k: t3["transfer"]["objective"][k] for k in ("sigma", "m", "lam", "eta")} == {"sigma": 0.5, "m": 2, "lam": 5.0, "eta": 0.5}
-    assert (t3["transfer"]["lr"], t3["transfer"]["epochs"], t3["transfer"]["batch_size"], t3["transfer"]["milestones"]) == (0.01, 150, 64, [50, 100])
+    objective = {k: t3["transfer"]["objective"][k] for k in ("sigma", "m", "lam", "eta")}
+    assert objective == {"sigma": 0.5, "m": 2, "lam": 5.0, "eta": 0.5}
+    transfer = t3["transfer"]
+    assert (transfer["lr"], transfer["epochs"], transfer["batch_size"]) == (0.01, 150, 64)
+    assert transfer["milestones"] == [50, 100]
     assert (t3["certify"]["sigma"], t3["eval"]["n"], t3["eval"]["subset"]) == (0.5, 500, "stride")
     for table in (t2, t3):  # the study's code: RandomResizedCrop(224) + flip for training, CIFAR read at 224 px
         assert table["transfer"]["augment"] == "resized-crop-flip"

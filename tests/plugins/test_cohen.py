@@ -10,13 +10,12 @@ from scipy.stats import beta, binom, binomtest
 
 from rtk_plugins.smoothing import report as certify_report
 from rtk.config.fields import ConfigValueError, build_config
-from rtk.stages.context import RunContext
 from rtk.data import ImageSet, apply_options
 from rtk.errors import RtkError
 from rtk_plugins.datasets import DigitsConfig, make_digits
 from rtk_plugins.smoothing.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
 from rtk_plugins.smoothing import CohenConfig, max_certifiable_radius, min_certify_n, min_predict_n
-from tests.helpers import TINY_RECIPE
+from tests.helpers import TINY_RECIPE, quiet_context
 
 PHI_INV = NormalDist().inv_cdf
 
@@ -26,7 +25,7 @@ def certifier(**options):
 
 
 def ctx_for(tmp_path=None, **kw):
-    return RunContext(show_progress=False, out_dir=tmp_path, **kw)
+    return quiet_context(out_dir=tmp_path, **kw)
 
 
 def without_time(rows):
@@ -83,7 +82,8 @@ def test_constant_classifier_certifies_at_the_clopper_pearson_bound_of_n_out_of_
 def test_random_classifier_bound_matches_the_binomial_tail_of_its_counts(p):
     data = label_images([3, 7, 1])
     n = 2000
-    rows = certifier(n0=50, n=n, batch_size=500, sigma=0.25, seed=5).certify_examples(RightWithProbability(p), data, ctx_for())
+    cert = certifier(n0=50, n=n, batch_size=500, sigma=0.25, seed=5)
+    rows = cert.certify_examples(RightWithProbability(p), data, ctx_for())
     for row in rows:
         n_a = row["nA"]
         if p > 0.5:
@@ -142,7 +142,8 @@ def test_an_n_too_small_to_certify_anything_is_a_config_error():
         build_config(CohenConfig, {"n": 10, "mode": "predict"})
     with pytest.raises(ConfigValueError, match="alpha"):
         build_config(CohenConfig, {"alpha": 0.0})
-    rows = certifier(n0=1, n=10).certify_examples(Constant(), ImageSet(torch.rand(1, 1, 2, 2), torch.tensor([2])), ctx_for())
+    one = ImageSet(torch.rand(1, 1, 2, 2), torch.tensor([2]))
+    rows = certifier(n0=1, n=10).certify_examples(Constant(), one, ctx_for())
     assert rows[0]["prediction"] == 2 and 0 <= rows[0]["radius"] < 0.01  # n = n_min certifies, barely
     warnings = certifier(n=200).warnings()  # caps radii at 0.456: the 0.5 headline is 0 by construction
     assert len(warnings) == 1 and "0.456" in warnings[0]
@@ -168,7 +169,8 @@ def test_certified_accuracy_and_acr_of_a_hand_made_tsv(tmp_path):
     assert curve == [[0.0, 3 / 5], [0.25, 2 / 5], [0.5, 1 / 5], [1.0, 0.0]]  # the wrong 1.2 never counts
     metrics = certify_report.metrics(rows)
     assert metrics["acr"] == pytest.approx((0.8 + 0.3) / 5)  # over all five rows, not the correct three
-    assert metrics["abstain_rate"] == pytest.approx(1 / 5) and metrics["clean_smoothed_accuracy"] == pytest.approx(3 / 5)
+    assert metrics["abstain_rate"] == pytest.approx(1 / 5)
+    assert metrics["clean_smoothed_accuracy"] == pytest.approx(3 / 5)
     assert metrics["certified_accuracy@0.5"] == pytest.approx(1 / 5)
     cohen = tmp_path / "cohen.tsv"  # locuslab/smoothing certify.py's columns
     cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.8\t1\t0:00:01.2\n5\t2\t-1\t0.0\t0\t0:00:01.1\n")
@@ -203,7 +205,8 @@ def test_rows_do_not_depend_on_order_or_sharding():
     assert len({r["nA"] for r in whole}) > 1  # the model is not trivially constant under noise
     other_seed = cert.certify_examples(model, data, ctx_for(seed=4))
     assert without_time(other_seed) != without_time(whole)
-    assert [r["index"] for r in certifier(skip=3, max_examples=3).certify_examples(Constant(), data, ctx_for())] == [0, 3, 6]
+    skipping = certifier(skip=3, max_examples=3).certify_examples(Constant(), data, ctx_for())
+    assert [r["index"] for r in skipping] == [0, 3, 6]
 
 
 class Interrupted(Exception):
@@ -227,7 +230,8 @@ class CountingModel(torch.nn.Module):
 
 
 def test_resumed_certification_skips_finished_rows(tmp_path):
-    data = ImageSet(torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0, 1]))
+    images = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    data = ImageSet(images, torch.tensor([0, 1, 2, 3, 0, 1]))
     cert = certifier(n0=10, n=40, batch_size=10)  # 5 forward passes an example
     reference = cert.certify_examples(CountingModel(), data, ctx_for(tmp_path / "ref"))
     out = tmp_path / "run"
@@ -243,7 +247,8 @@ def test_resumed_certification_skips_finished_rows(tmp_path):
     cert.certify_examples(fresh_model, data, ctx_for(out))  # not resuming: everything again
     assert fresh_model.calls == 6 * 5
     with pytest.raises(RtkError, match="does not match this certification .*config"):
-        certifier(n0=10, n=40, batch_size=10, sigma=0.5).certify_examples(CountingModel(), data, ctx_for(out, resume=True))
+        other = certifier(n0=10, n=40, batch_size=10, sigma=0.5)
+        other.certify_examples(CountingModel(), data, ctx_for(out, resume=True))
 
 
 def test_rtk_run_certifies_and_writes_rows(write_recipe, tmp_path, cli, one_thread):
@@ -284,7 +289,8 @@ def test_rtk_run_resumed_mid_certification_keeps_finished_rows(write_recipe, tmp
     from rtk.registry import default_registry
     from rtk.stages.runner import Runner
 
-    recipe = write_recipe(TINY_RECIPE + '\n[certify]\ncertifier = "cohen"\nn0 = 10\nn = 100\nbatch_size = 100\nmax_examples = 6\n')
+    recipe = write_recipe(TINY_RECIPE + '\n[certify]\ncertifier = "cohen"\nn0 = 10\nn = 100\nbatch_size = 100\n'
+                                        'max_examples = 6\n')
     real = CohenCertifier.certify_one
     calls = []
 
