@@ -85,12 +85,9 @@ def factory(kind: str, name: str, options: dict | None = None, **kwargs):
     """A callable that builds the registered component ``name`` of ``kind`` from ``options`` (checked
     once, here), as a recipe table builds it (its variant too, for ``prefix/*`` components);
     ``kwargs`` go to the component's factory (num_classes)."""
-    from rtk.config.fields import build_config
     from rtk.registry import default_registry
 
-    component, variant = default_registry().resolve(kind, name)
-    config = build_config(component.config, options or {})
-    return lambda: component.factory(config, **kwargs, **({"variant": variant} if variant else {}))
+    return default_registry().factory(kind, name, options, **kwargs)
 
 
 def build(kind: str, name: str, options: dict | None = None, **kwargs):

@@ -160,6 +160,21 @@ class Registry:
     def get(self, kind: str, name: str) -> Component:
         return self.resolve(kind, name)[0]
 
+    def factory(self, kind: str, name: str, options: dict | None = None, **kwargs) -> Callable[[], Any]:
+        """A callable that builds the component ``name`` of ``kind`` from ``options`` (a recipe
+        table's keys, checked now against its config, as a recipe is), its variant too for
+        ``prefix/*`` components; ``kwargs`` go to the factory (a model's ``num_classes``)."""
+        from rtk.config.fields import build_config
+
+        component, variant = self.resolve(kind, name)
+        config = build_config(component.config, options or {})
+        variant_kwargs = {"variant": variant} if variant is not None else {}
+        return lambda: component.factory(config, **kwargs, **variant_kwargs)
+
+    def build(self, kind: str, name: str, options: dict | None = None, **kwargs):
+        """The component ``name`` of ``kind`` built from ``options`` (see ``factory``)."""
+        return self.factory(kind, name, options, **kwargs)()
+
     def find_any_kind(self, name: str) -> list[Component]:
         return [c for kind in KINDS for n, c in self.components[kind].items() if n == name]
 

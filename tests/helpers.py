@@ -99,10 +99,10 @@ def quiet_context(**options):
 def build(kind: str, name: str, options: dict | None = None, **kwargs):
     """The registered component ``name`` of ``kind`` (default registry) built from ``options`` as a
     recipe table builds it, instead of ``component.factory(build_config(component.config, options))``;
-    ``kwargs`` go to the factory (num_classes). One implementation, shared with the benchmarks."""
-    from benchmarks.common import build as build_component
+    ``kwargs`` go to the factory (num_classes)."""
+    from rtk.registry import default_registry
 
-    return build_component(kind, name, options, **kwargs)
+    return default_registry().build(kind, name, options, **kwargs)
 
 
 def small_cnn(num_classes: int):

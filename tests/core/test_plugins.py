@@ -225,3 +225,15 @@ def test_listing_and_validating_import_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_build_checks_options_like_a_recipe_and_passes_variants():
+    from rtk.config.fields import ConfigValueError
+
+    registry = Registry(*load_plugins())
+    attack = registry.build("attack", "pgd", {"eps": "8/255", "steps": 3})
+    assert attack.eps == pytest.approx(8 / 255)
+    with pytest.raises(ConfigValueError, match="nope"):
+        registry.build("attack", "pgd", {"nope": 1})
+    model = registry.build("model", "timm/resnet18", {"pretrained": False}, num_classes=3)
+    assert model.num_classes == 3
