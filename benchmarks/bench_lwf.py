@@ -38,11 +38,9 @@ def workload(args):
 
     torch.manual_seed(0)
     if args.data == "digits":
-        from rtk_plugins.datasets import DigitsConfig, make_digits
-
         if args.model != "small-cnn":
             raise SystemExit("--data digits is 1x8x8: use it with small-cnn, or --data random for other models")
-        train = make_digits(DigitsConfig()).train
+        train = build("dataset", "digits").train
         return build("model", "small-cnn", num_classes=10), train
     options = CIFAR_LIKE_CNN if args.model == "small-cnn" else {}
     images = torch.rand(args.n, 3, 32, 32)

@@ -10,15 +10,11 @@ def trained_digits_cnn(device="cpu"):
     import torch
     import torch.nn.functional as F
 
-    from rtk.config.fields import build_config
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
-
     torch.manual_seed(0)
-    splits = make_digits(DigitsConfig())
+    splits = build("dataset", "digits")
     x, y = splits.train.take(torch.arange(len(splits.train)))
     x, y = x.to(device), y.to(device)
-    model = make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), 10).to(device)
+    model = build("model", "small-cnn", {"channels": [8, 16], "feature_dim": 32}, num_classes=10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(10):
         for idx in torch.randperm(len(x), device=device).split(128):

@@ -107,10 +107,7 @@ def build(kind: str, name: str, options: dict | None = None, **kwargs):
 
 def small_cnn(num_classes: int):
     """small-cnn with channels [8, 16] and 32 features: trains in about a second on one thread."""
-    from rtk.config.fields import build_config
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
-
-    return make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), num_classes)
+    return build("model", "small-cnn", {"channels": [8, 16], "feature_dim": 32}, num_classes=num_classes)
 
 
 def train_digits_cnn(epochs: int, lr: float, batch_size: int, generator=None):
@@ -121,10 +118,8 @@ def train_digits_cnn(epochs: int, lr: float, batch_size: int, generator=None):
     import torch
     import torch.nn.functional as F
 
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-
     torch.manual_seed(0)
-    splits = make_digits(DigitsConfig())
+    splits = build("dataset", "digits")
     images, labels = splits.train.take(torch.arange(len(splits.train)))
     model = small_cnn(10)
     optimizer = torch.optim.Adam(model.parameters(), lr)

@@ -1,6 +1,7 @@
 """Built-in attacks. Models keep their normalization inside, so eps is in [0, 1] pixel units (no
-torchattacks ``set_normalization_used``). Implementations live beside this file (imported by
-the factories, so that listing plugins stays light).
+torchattacks ``set_normalization_used``). Implementations live beside this file, registered as
+"rtk_plugins.attacks.module:Class" strings imported only when an attack is built, so that listing
+plugins stays light.
 
 - ``fgsm``, ``pgd``, ``cw-pgd``: torchattacks and a small loop of our own.
 - ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``: the reference implementation
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
 
 Norm = Literal["Linf", "L2"]
 _EPS_HELP = 'radius in [0, 1] pixel units; fractions like "8/255" are exact (L2 evaluations usually use 0.5)'
@@ -56,7 +57,8 @@ class CWPGDConfig(PGDConfig):
     kappa = 50 is Shafahi's setting: with so large a margin the hinge stays active, so the attack
     keeps pushing past the decision boundary instead of stopping at the first misclassification."""
 
-    kappa: float = option(50.0, min=0.0, help="confidence margin: the loss stops rising once z_y trails the best other logit by kappa")
+    kappa: float = option(50.0, min=0.0, help=(
+        "confidence margin: the loss stops rising once z_y trails the best other logit by kappa"))
 
 
 @dataclass
@@ -70,8 +72,10 @@ class APGDConfig:
     eps: float = option(8 / 255, min=0.0, help=_EPS_HELP)
     steps: int = option(100, min=1, help="iterations per restart (AutoAttack's n_iter)")
     restarts: int = option(1, min=1, help="random restarts (AutoAttack's n_restarts; its constructor default is 5)")
-    rho: float = option(0.75, min=0.0, max=1.0, help="step-size halving threshold on the fraction of loss-increasing steps")
-    eot_iter: int = option(1, min=1, help="gradients averaged per step (Expectation over Transformation, for randomized models)")
+    rho: float = option(0.75, min=0.0, max=1.0, help=(
+        "step-size halving threshold on the fraction of loss-increasing steps"))
+    eot_iter: int = option(1, min=1, help=(
+        "gradients averaged per step (Expectation over Transformation, for randomized models)"))
     seed: int | None = option(None, min=0, help=_SEED_HELP)
 
 
@@ -82,7 +86,8 @@ class APGDTConfig(APGDConfig):
     Linf, eps 8/255, 100 iterations, 1 restart per target, 9 target classes (clamped to
     num_classes - 1, with a diagnostics flag). Needs at least 4 classes."""
 
-    target_classes: int = option(9, min=1, help="target classes, the highest other logits first (AutoAttack's n_target_classes)")
+    target_classes: int = option(9, min=1, help=(
+        "target classes, the highest other logits first (AutoAttack's n_target_classes)"))
 
 
 @dataclass
@@ -97,8 +102,10 @@ class FABTConfig:
     norm: Norm = option("Linf", help="threat model norm")
     eps: float = option(8 / 255, min=0.0, help=_EPS_HELP)
     steps: int = option(100, min=1, help="iterations per restart and target (AutoAttack's n_iter)")
-    restarts: int = option(1, min=1, help="restarts per target; later ones start at a random point (AutoAttack's n_restarts)")
-    target_classes: int = option(9, min=1, help="target classes, the highest other logits first (AutoAttack's n_target_classes)")
+    restarts: int = option(1, min=1, help=(
+        "restarts per target; later ones start at a random point (AutoAttack's n_restarts)"))
+    target_classes: int = option(9, min=1, help=(
+        "target classes, the highest other logits first (AutoAttack's n_target_classes)"))
     alpha_max: float = option(0.1, min=0.0, max=1.0, help="largest weight of the step towards the clean image")
     eta: float = option(1.05, min=1.0, help="overshoot factor of each step")
     beta: float = option(0.9, min=0.0, max=1.0, help="backward step towards the clean image after a success")
@@ -119,58 +126,9 @@ class SquareConfig:
     p_init: float = option(0.8, min=0.0, max=1.0, help="initial fraction of pixels a square covers")
     restarts: int = option(1, min=1, help="restarts")
     loss: Literal["margin", "ce"] = option("margin", help="loss the random search minimises")
-    rescale_schedule: bool = option(False, help="fit the p schedule to queries (AutoAttack keeps the 10,000-query schedule)")
+    rescale_schedule: bool = option(False, help=(
+        "fit the p schedule to queries (AutoAttack keeps the 10,000-query schedule)"))
     seed: int | None = option(None, min=0, help=_SEED_HELP)
-
-
-def make_fgsm(config: FGSMConfig):
-    """FGSM on cross-entropy, Linf (torchattacks.FGSM)."""
-    from rtk_plugins.attacks.gradient import FGSMAttack
-
-    return FGSMAttack(config)
-
-
-def make_pgd(config: PGDConfig):
-    """PGD on the cross-entropy loss, Linf or L2 (torchattacks.PGD / PGDL2)."""
-    from rtk_plugins.attacks.pgd import PGDAttack
-
-    return PGDAttack(config)
-
-
-def make_cw_pgd(config: CWPGDConfig):
-    from rtk_plugins.attacks.gradient import CWPGDAttack
-
-    return CWPGDAttack(config)
-
-
-def make_apgd_ce(config: APGDConfig):
-    from rtk_plugins.attacks.autoattack_family import APGD
-
-    return APGD(config, "ce")
-
-
-def make_apgd_dlr(config: APGDConfig):
-    from rtk_plugins.attacks.autoattack_family import APGD
-
-    return APGD(config, "dlr")
-
-
-def make_apgd_t(config: APGDTConfig):
-    from rtk_plugins.attacks.autoattack_family import APGDTargeted
-
-    return APGDTargeted(config)
-
-
-def make_fab_t(config: FABTConfig):
-    from rtk_plugins.attacks.autoattack_family import FABTargeted
-
-    return FABTargeted(config)
-
-
-def make_square(config: SquareConfig):
-    from rtk_plugins.attacks.autoattack_family import Square
-
-    return Square(config)
 
 
 AttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
@@ -193,17 +151,22 @@ class AutoAttackConfig:
     eps: float = option(8 / 255, min=0.0, help='radius in [0, 1] pixel units; fractions like "8/255" are exact')
     version: Literal["standard", "plus", "rand", "custom"] = option(
         "standard", help="standard: APGD-CE, APGD-T, FAB-T, Square; plus: adds APGD-DLR and FAB, 5 restarts; "
-                         "rand: APGD-CE and APGD-DLR with EOT over 20 draws, for randomised models; custom: attacks_to_run")
+                         "rand: APGD-CE and APGD-DLR with EOT over 20 draws, for randomised models; "
+                         "custom: attacks_to_run")
     attacks_to_run: list[AttackName] = option(
         default_factory=list, help='custom only: attacks in the order they run, e.g. ["apgd-ce", "square"]')
     backend: Literal["pyautoattack", "torchattacks"] = option(
-        "pyautoattack", help="pyautoattack: the reference implementation; torchattacks: its port, standard settings forced (flagged)")
+        "pyautoattack", help=(
+            "pyautoattack: the reference implementation; torchattacks: its port, standard settings forced (flagged)"))
     seed: int = option(0, min=0, help="seed of every sub-attack's random starts (AutoAttack reseeds torch before each)")
     n_restarts: int | None = option(
-        None, min=1, help="custom only: restarts of APGD-CE, APGD-DLR and untargeted FAB (default: AutoAttack's constructor value, 5)")
+        None, min=1, help=(
+            "custom only: restarts of APGD-CE, APGD-DLR and untargeted"
+            " FAB (default: AutoAttack's constructor value, 5)"))
     iterations: int | None = option(
         None, min=1, help="custom only: iterations of APGD-CE, APGD-DLR, APGD-T, FAB and FAB-T (default 100)")
-    batch_size: int = option(250, min=1, help="AutoAttack's internal batch size (its default, 250); the random starts depend on it")
+    batch_size: int = option(250, min=1, help=(
+        "AutoAttack's internal batch size (its default, 250); the random starts depend on it"))
     verbose: bool = option(False, help="log AutoAttack's progress (logger \"auto-attack\", to stderr)")
 
     def __post_init__(self):
@@ -213,29 +176,41 @@ class AutoAttackConfig:
             if len(set(self.attacks_to_run)) != len(self.attacks_to_run):
                 raise ValueError(f"attacks_to_run lists an attack twice: {self.attacks_to_run}")
             if self.backend == "torchattacks":
-                raise ValueError('version "custom" runs only on backend "pyautoattack" (torchattacks has no custom version)')
+                raise ValueError('version "custom" runs only on backend "pyautoattack"'
+                                 " (torchattacks has no custom version)")
         else:
             for key in ("attacks_to_run", "n_restarts", "iterations"):
                 if getattr(self, key):
-                    raise ValueError(f'{key} applies to version "custom" only; version "{self.version}" fixes its attacks and settings')
+                    raise ValueError(f'{key} applies to version "custom" only; version "{self.version}" fixes its'
+                                     " attacks and settings")
 
 
-def make_autoattack(config: AutoAttackConfig):
-    """AutoAttack through pyautoattack (default) or torchattacks with the standard settings forced."""
-    from rtk_plugins.attacks.autoattack import AutoAttack
-
-    return AutoAttack(config)
+# The config fields the sanity checks vary, by role (rtk.registry.TRAITS["attack"]): each config's
+# eps, steps and restarts fields (AutoAttack's n_restarts and iterations are not varied).
+EPS = {"eps": "eps"}
+EPS_STEPS_RESTARTS = {"eps": "eps", "steps": "steps", "restarts": "restarts"}
 
 
 @rtk.hookimpl
 def register_attacks(register):
-    register("fgsm", make_fgsm, config=FGSMConfig, summary="FGSM: one signed cross-entropy gradient step, Linf (torchattacks)")
-    register("pgd", make_pgd, config=PGDConfig, summary="PGD on cross-entropy, Linf or L2, random start and restarts (torchattacks)")
-    register("cw-pgd", make_cw_pgd, config=CWPGDConfig, summary="PGD on the CW margin loss, kappa 50: Shafahi et al.'s CW-20, Linf or L2")
-    register("apgd-ce", make_apgd_ce, config=APGDConfig, summary="APGD on cross-entropy, Linf or L2 (AutoAttack reference code)")
-    register("apgd-dlr", make_apgd_dlr, config=APGDConfig, summary="APGD on the DLR loss, Linf or L2, 3+ classes (AutoAttack reference code)")
-    register("apgd-t", make_apgd_t, config=APGDTConfig, summary="APGD on the targeted DLR loss, 9 targets, 4+ classes (AutoAttack reference code)")
-    register("fab-t", make_fab_t, config=FABTConfig, summary="targeted FAB, minimum-norm, 9 targets, Linf or L2 (AutoAttack reference code)")
-    register("square", make_square, config=SquareConfig, summary="Square Attack, black-box random search, 5000 queries (AutoAttack reference code)")
-    register("autoattack", make_autoattack, config=AutoAttackConfig,
+    register("fgsm", "rtk_plugins.attacks.gradient:FGSMAttack", config=FGSMConfig, sanity_fields=EPS,
+             summary="FGSM: one signed cross-entropy gradient step, Linf (torchattacks)")
+    register("pgd", "rtk_plugins.attacks.pgd:PGDAttack", config=PGDConfig, sanity_fields=EPS_STEPS_RESTARTS,
+             summary="PGD on cross-entropy, Linf or L2, random start and restarts (torchattacks)")
+    register("cw-pgd", "rtk_plugins.attacks.gradient:CWPGDAttack", config=CWPGDConfig,
+             sanity_fields=EPS_STEPS_RESTARTS,
+             summary="PGD on the CW margin loss, kappa 50: Shafahi et al.'s CW-20, Linf or L2")
+    # AutoAttack's gradient attacks one at a time, through its reference code (autoattack_family.py).
+    for name, cls, config, summary in [
+        ("apgd-ce", "APGDCE", APGDConfig, "APGD on cross-entropy, Linf or L2"),
+        ("apgd-dlr", "APGDDLR", APGDConfig, "APGD on the DLR loss, Linf or L2, 3+ classes"),
+        ("apgd-t", "APGDTargeted", APGDTConfig, "APGD on the targeted DLR loss, 9 targets, 4+ classes"),
+        ("fab-t", "FABTargeted", FABTConfig, "targeted FAB, minimum-norm, 9 targets, Linf or L2"),
+    ]:
+        register(name, f"rtk_plugins.attacks.autoattack_family:{cls}", config=config, sanity_fields=EPS_STEPS_RESTARTS,
+                 summary=f"{summary} (AutoAttack reference code)")
+    register("square", "rtk_plugins.attacks.autoattack_family:Square", config=SquareConfig,
+             sanity_fields={"eps": "eps", "restarts": "restarts"}, black_box=True,
+             summary="Square Attack, black-box random search, 5000 queries (AutoAttack reference code)")
+    register("autoattack", "rtk_plugins.attacks.autoattack:AutoAttack", config=AutoAttackConfig, sanity_fields=EPS,
              summary="AutoAttack (Croce & Hein): reference pyautoattack by default, its checks as flags")

@@ -150,7 +150,9 @@ def captured_checks(flags: Flags, verbose: bool):
 
 @contextlib.contextmanager
 def preserved_rng(device: torch.device):
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         yield
 
@@ -188,8 +190,9 @@ class AutoAttack(Attack):
         self.eps = config.eps
         self.flags = Flags()
         if config.backend == "torchattacks":
-            self.flags.add("backend", f"non-reference backend (torchattacks), standard settings forced: {STANDARD_TARGETS} targets, "
-                                      "100 iterations, Square 5000 queries without schedule rescaling, reference restarts")
+            self.flags.add("backend", "non-reference backend (torchattacks), standard settings forced: "
+                                      f"{STANDARD_TARGETS} targets, 100 iterations, Square 5000 queries without "
+                                      "schedule rescaling, reference restarts")
 
     def diagnostics(self) -> list[dict]:
         return self.flags.as_list()

@@ -109,6 +109,20 @@ class APGD(ReferenceAttack):
                           loss=self.loss, eot_iter=cfg.eot_iter, rho=cfg.rho, device=device, logger=self._flags)
 
 
+class APGDCE(APGD):
+    """apgd-ce: APGD on cross-entropy."""
+
+    def __init__(self, config):
+        super().__init__(config, "ce")
+
+
+class APGDDLR(APGD):
+    """apgd-dlr: APGD on the DLR loss."""
+
+    def __init__(self, config):
+        super().__init__(config, "dlr")
+
+
 class APGDTargeted(ReferenceAttack):
     name = "apgd-t"
     min_classes = 4

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import TrainConfig
+from rtk.config import BatchNormOptions, HeadOptions, TrainConfig, option
+from rtk.config.schema import HEAD_INIT_HELP, BatchNormStats, HeadInit
 
 
 @dataclass
@@ -41,13 +41,16 @@ class CARTLFDMConfig:
     alpha: float = option(2 / 255, min=0.0, help="inner PGD step size")
     steps: int = option(7, min=1, help="inner PGD steps")
     random_start: bool = option(True, help="inner attack starts uniformly at random in the ball")
-    k: int = option(4, min=1, help="blocks that will be fine-tuned, counted from the output (1 = the head): the feature is the input of blocks[-k]")
+    k: int = option(4, min=1, help=(
+        "blocks that will be fine-tuned, counted from the output"
+        " (1 = the head): the feature is the input of blocks[-k]"))
     lam: float = option(0.005, min=0.0, help="weight of the feature distance (released teachers: 0.005)")
-    reduction: Literal["sum", "mean"] = option("sum", help="how the per-example distances combine over the batch (sum: the code)")
+    reduction: Literal["sum", "mean"] = option("sum", help=(
+        "how the per-example distances combine over the batch (sum: the code)"))
 
 
 @dataclass
-class NEFTConfig(TrainConfig):
+class NEFTConfig(HeadOptions, BatchNormOptions, TrainConfig):
     """CARTL stage 2, non-expansive fine-tuning (Chen et al., arXiv:2106.06667; code
     exps/neft_spectrum_norm.py, sn_tl_trainer.py, networks/parseval_wrn.py). The last k blocks
     (counted from the output as rtk and CARTL both do; k = 1 is the head alone) are trained from
@@ -68,10 +71,11 @@ class NEFTConfig(TrainConfig):
       estimate, which lags the last optimizer step and underestimates sigma (a short CPU run
       measured 0.417 for beta 0.4), breaking the non-expansive bound the method is about;
       ``false`` reproduces the code.
-    - BN (spec 0.4): ``bn_affine_trainable = false`` is the code's ``--freeze-bn`` (the released
-      NEFT script); statistics use the batch everywhere by default (the script passes neither
-      ``--reuse-statistic`` nor ``--reuse-teacher-statistic``); the plain TL baseline
-      (tl_from_at.sh) sets ``bn_stats_frozen_blocks = "frozen"``.
+    - BN: ``bn_affine_trainable = false`` is the code's ``--freeze-bn`` (the released NEFT
+      script); statistics use the batch everywhere by default (the script passes neither
+      ``--reuse-statistic`` nor ``--reuse-teacher-statistic``): ``bn_stats`` sets the fine-tuned
+      blocks' (``"frozen"`` is --reuse-statistic), ``bn_stats_frozen_part`` those of the frozen
+      part (``"frozen"`` is --reuse-teacher-statistic, which the plain TL baseline tl_from_at.sh sets).
     - ``head_init = "uniform01"`` (default): the code replaces the FC by torch.rand_like, i.e.
       U[0, 1) weights and bias. It is surprising but does not break the method (the spectral
       scaling sets the head's size), and it produced the published numbers, so it is the
@@ -87,41 +91,38 @@ class NEFTConfig(TrainConfig):
     optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", help="optimizer (CARTL: SGD)")
     lr: float = option(0.1, min=0.0, help="learning rate (CARTL: 0.1)")
     weight_decay: float = option(5e-4, min=0.0, help="weight decay, also on the un-normalised weights (CARTL: 5e-4)")
-    schedule: Literal["constant", "cosine", "multistep"] = option("multistep", help="learning-rate schedule after the warm-up")
-    milestones: list[float] = option(default_factory=lambda: [40.0, 70.0, 90.0], help="multistep: epochs at which the rate is multiplied by gamma (CARTL: 40, 70, 90)")
+    schedule: Literal["constant", "cosine", "multistep"] = option("multistep", help=(
+        "learning-rate schedule after the warm-up"))
+    milestones: list[float] = option(default_factory=lambda: [40.0, 70.0, 90.0], help=(
+        "multistep: epochs at which the rate is multiplied by gamma (CARTL: 40, 70, 90)"))
     gamma: float = option(0.2, min=0.0, help="multistep decay factor (CARTL: 0.2)")
-    augment: Literal["none", "crop", "flip", "crop-flip"] = option("crop-flip", help="batch augmentation (CARTL: crop + flip + rotation)")
-    warmup_epochs: float = option(1.0, min=0.0, help="linear warm-up of the learning rate over this many epochs, per iteration (CARTL: 1)")
+    augment: Literal["none", "crop", "flip", "crop-flip"] = option("crop-flip", help=(
+        "batch augmentation (CARTL: crop + flip + rotation)"))
+    warmup_epochs: float = option(1.0, min=0.0, help=(
+        "linear warm-up of the learning rate over this many epochs, per iteration (CARTL: 1)"))
     k: int = option(4, min=1, help="blocks to fine-tune, counted from the output: 1 = the head alone")
-    beta: float = option(0.4, min=0.0, help="spectral-norm bound of each re-parameterised layer (0.4 for a CARTL teacher, 0.6 for Madry-AT)")
-    convex_residual: bool = option(True, help="residual units among the last k blocks output 0.5*shortcut + 0.5*residual")
+    beta: float = option(0.4, min=0.0, help=(
+        "spectral-norm bound of each re-parameterised layer (0.4 for a CARTL teacher, 0.6 for Madry-AT)"))
+    convex_residual: bool = option(True, help=(
+        "residual units among the last k blocks output 0.5*shortcut + 0.5*residual"))
     power_iterations: int = option(1, min=1, help="power-iteration steps per training forward")
-    exact_fold: bool = option(True, help="fold with the exact spectral norm (true) or the last power-iteration estimate (false: the code)")
-    head_init: Literal["uniform01", "default"] = option("uniform01", help="fresh head: U[0,1) weights and bias (the code's torch.rand_like) or PyTorch's default")
-    bn_affine_trainable: bool = option(False, help="train BN scales and shifts of the fine-tuned blocks (false: the code's --freeze-bn)")
-    bn_stats_trainable_blocks: Literal["batch", "frozen"] = option("batch", help="BN statistics in the fine-tuned blocks: batch (train mode) or frozen (source running statistics; --reuse-statistic)")
-    bn_stats_frozen_blocks: Literal["batch", "frozen"] = option("batch", help="BN statistics in the frozen part: batch (the NEFT script) or frozen (--reuse-teacher-statistic, the plain TL baseline)")
-
-
-def make_cartl_fdm(config: CARTLFDMConfig):
-    from rtk_plugins.cartl.fdm import FeatureDistanceMinimization
-
-    return FeatureDistanceMinimization(config)
-
-
-def make_neft(config: NEFTConfig):
-    from rtk_plugins.cartl.neft import NEFT
-
-    return NEFT(config)
+    exact_fold: bool = option(True, help=(
+        "fold with the exact spectral norm (true) or the last power-iteration estimate (false: the code)"))
+    head_init: HeadInit = option("uniform01", help=HEAD_INIT_HELP)
+    bn_affine_trainable: bool = option(False, help=(
+        "train BN scales and shifts of the fine-tuned blocks (false: the code's --freeze-bn)"))
+    bn_stats_frozen_part: BatchNormStats = option("batch", help=(
+        "BN statistics in the frozen part: batch (train mode, the NEFT script) or frozen (the teacher's running"
+        " statistics: --reuse-teacher-statistic, the plain TL baseline)"))
 
 
 @rtk.hookimpl
 def register_objectives(register):
-    register("cartl-fdm", make_cartl_fdm, config=CARTLFDMConfig,
+    register("cartl-fdm", "rtk_plugins.cartl.fdm:FeatureDistanceMinimization", config=CARTLFDMConfig,
              summary="CARTL stage 1: PGD-AT + lam * feature distance at the input of block k from the output")
 
 
 @rtk.hookimpl
 def register_transfer_strategies(register):
-    register("neft", make_neft, config=NEFTConfig,
+    register("neft", "rtk_plugins.cartl.neft:NEFT", config=NEFTConfig, takes_objective=True,
              summary="CARTL stage 2: fine-tune the last k blocks with spectral norm beta and convex residuals")

@@ -8,11 +8,13 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from rtk.errors import RtkError
-from rtk.stages.training import CrossEntropy
-from rtk.stages.strategy import TransferStrategy, set_trainable
+from rtk.stages.training import CrossEntropy, fit
+from rtk.stages.strategy import set_trainable
 from rtk_plugins.models.resnet import BasicBlock
-from rtk_plugins.roli.strategy import fit_with_warmup
 from rtk_plugins.models.wrn import WideBasic
+from rtk_plugins.transfer.base import Strategy
+from rtk_plugins.transfer.batchnorm import bn_layers, freeze_bn_affine
+from rtk_plugins.transfer.heads import new_head
 
 
 class ConvexWideBasic(WideBasic):
@@ -51,7 +53,8 @@ class Scale(nn.Module):
 def last_blocks(model, k: int) -> list[nn.Module]:
     blocks = model.blocks
     if k > len(blocks):
-        raise RtkError(f"neft: k = {k} but the model has {len(blocks)} blocks (the head counts as one); choose k between 1 and {len(blocks)}")
+        raise RtkError(f"neft: k = {k} but the model has {len(blocks)} blocks (the head counts as one);"
+                       f" choose k between 1 and {len(blocks)}")
     return blocks[len(blocks) - k:]
 
 
@@ -100,25 +103,11 @@ def fold_spectral_scaling(layer: nn.Module, beta: float, exact: bool) -> None:
     layer.train(was_training)
 
 
-def bn_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-class NEFT(TransferStrategy):
-    def __init__(self, config):
-        self.config = config
-
-    def _new_head(self, model, num_classes: int) -> None:
-        head = model.reset_head(num_classes)
-        if self.config.head_init == "uniform01":
-            with torch.no_grad():
-                head.weight.uniform_(0.0, 1.0)
-                head.bias.uniform_(0.0, 1.0)
-
+class NEFT(Strategy):
     def transfer(self, model, data, ctx, objective=None):
         cfg = self.config
         set_trainable(model, False)
-        self._new_head(model, data.num_classes)
+        new_head(model, data.num_classes, cfg.head_init)
         if cfg.convex_residual:
             make_convex(model, cfg.k)
         trained = last_blocks(model, cfg.k)
@@ -126,8 +115,7 @@ class NEFT(TransferStrategy):
             set_trainable(block, True)
         trained_bn = {id(bn) for block in trained for bn in bn_layers(block)}
         if not cfg.bn_affine_trainable:
-            for bn in bn_layers(model):
-                set_trainable(bn, False)
+            freeze_bn_affine(model)
         layers = constrained_layers(model, cfg.k)
         for layer in layers:
             add_spectral_scaling(layer, cfg.beta, cfg.power_iterations)
@@ -135,14 +123,14 @@ class NEFT(TransferStrategy):
         def set_mode(m):
             m.train()
             for bn in bn_layers(m):
-                policy = cfg.bn_stats_trainable_blocks if id(bn) in trained_bn else cfg.bn_stats_frozen_blocks
+                policy = cfg.bn_stats if id(bn) in trained_bn else cfg.bn_stats_frozen_part
                 if policy == "frozen":
                     bn.eval()
 
         params = [p for p in model.parameters() if p.requires_grad]
         try:
-            fit_with_warmup(model, data.train, objective or CrossEntropy(), cfg, ctx, params=params,
-                            description=f"neft (last {cfg.k} blocks)", set_mode=set_mode)
+            fit(model, data.train, objective or CrossEntropy(), cfg, ctx, params=params,
+                description=f"neft (last {cfg.k} blocks)", set_mode=set_mode)
         finally:
             for layer in layers:
                 fold_spectral_scaling(layer, cfg.beta, cfg.exact_fold)
@@ -152,7 +140,7 @@ class NEFT(TransferStrategy):
     def rebuild(self, model, num_classes: int):
         """The folded NEFT architecture: a fresh head for ``num_classes`` and, with
         ``convex_residual``, the convex units (the spectral scaling is folded into the weights)."""
-        self._new_head(model, num_classes)
+        new_head(model, num_classes, self.config.head_init)
         if self.config.convex_residual:
             make_convex(model, self.config.k)
         return model

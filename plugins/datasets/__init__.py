@@ -1,15 +1,15 @@
 """Built-in datasets. Every image is returned in [0, 1]; shared options come from rtk.config.schema.DatasetConfig.
 
 The torchvision datasets read local files under a data root (``root``, else $RTK_DATA) and only
-download when ``download = true``; see rtk_plugins.datasets.vision_data for the expected layouts.
+download when ``download = true``; see rtk_plugins.datasets.vision_data for the expected layouts
+(``digits`` comes from rtk_plugins.datasets.digits).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import DatasetConfig
+from rtk.config import DatasetConfig, option
 
 _ROOT_HELP = "data root holding {layout} (default: the RTK_DATA environment variable; an error if neither is set)"
 _DOWNLOAD_HELP = "fetch the files into root when missing (needs network access; never done unless set)"
@@ -17,24 +17,11 @@ _DOWNLOAD_HELP = "fetch the files into root when missing (needs network access; 
 
 @dataclass
 class DigitsConfig(DatasetConfig):
-    """scikit-learn's bundled 8x8 digits (1,797 images), split into train and test here. Default: test_fraction = 0.3."""
+    """scikit-learn's bundled 8x8 digits (1,797 images), split into train and test here. Default:
+    test_fraction = 0.3."""
 
-    test_fraction: float = option(0.3, min=0.05, max=0.9, help="fraction of each class held out as the test set (stratified, fixed seed 0)")
-
-
-def make_digits(config: DigitsConfig):
-    """scikit-learn's 8x8 handwritten digits: offline, ships with scikit-learn (the embedded default)."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from rtk.data import DataSplits, ImageSet, stratified_split
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
-    labels = torch.tensor(bunch.target, dtype=torch.long)
-    train_idx, test_idx = stratified_split(labels, config.test_fraction, torch.Generator().manual_seed(0))
-    return DataSplits(ImageSet(images[train_idx], labels[train_idx]), ImageSet(images[test_idx], labels[test_idx]),
-                      num_classes=10, class_names=[str(i) for i in range(10)], name="digits")
+    test_fraction: float = option(0.3, min=0.05, max=0.9, help=(
+        "fraction of each class held out as the test set (stratified, fixed seed 0)"))
 
 
 @dataclass
@@ -52,11 +39,13 @@ class CifarConfig(DatasetConfig):
     batches (ROOT/cifar-10-batches-py/ or ROOT/cifar-100-python/). Defaults: root = $RTK_DATA,
     download = false, image_size = unset (32 px as stored)."""
 
-    root: str | None = option(None, path=True, help=_ROOT_HELP.format(layout="cifar-10-batches-py/ or cifar-100-python/"))
+    root: str | None = option(None, path=True,
+                              help=_ROOT_HELP.format(layout="cifar-10-batches-py/ or cifar-100-python/"))
     download: bool = option(False, help=_DOWNLOAD_HELP)
     image_size: int | None = option(None, min=8, max=1024, help=(
-        "resize to image_size x image_size (bilinear) as images are read, so attacks and smoothing noise act at that size"
-        " (the transfer study: 224); unset keeps 32 px and lets the model resize inside, where an L2 radius means far more"))
+        "resize to image_size x image_size (bilinear) as images are read, so attacks and smoothing noise act at that"
+        " size (the transfer study: 224); unset keeps 32 px and lets the model resize inside, where an L2 radius means"
+        " far more"))
 
 
 @dataclass
@@ -64,7 +53,8 @@ class SvhnConfig(DatasetConfig):
     """SVHN digits (73,257 train / 26,032 test, 3x32x32) from ROOT/SVHN/{train,test}_32x32.mat.
     Defaults: root = $RTK_DATA, download = false, extra = false."""
 
-    root: str | None = option(None, path=True, help=_ROOT_HELP.format(layout="SVHN/train_32x32.mat and SVHN/test_32x32.mat"))
+    root: str | None = option(None, path=True,
+                              help=_ROOT_HELP.format(layout="SVHN/train_32x32.mat and SVHN/test_32x32.mat"))
     download: bool = option(False, help=_DOWNLOAD_HELP)
     extra: bool = option(False, help="add the 531,131 'extra' images (SVHN/extra_32x32.mat) to the training set")
 
@@ -76,52 +66,22 @@ class ImageFolderConfig(DatasetConfig):
 
     root: str = option(path=True, help="folder holding train_dir and test_dir, each with one subfolder per class")
     train_dir: str = option("train", help="training folder inside root (one subfolder of images per class)")
-    test_dir: str = option("test", help='test folder inside root, with the same class subfolders (e.g. "val" for ImageNet-style layouts)')
-    image_size: int = option(224, min=1, help="resize the short side to this many pixels, then center-crop to a square, so batches stack")
-
-
-def make_mnist(config: MnistConfig):
-    """MNIST as in-memory uint8 images (loaded once, no per-image decoding)."""
-    from rtk_plugins.datasets.vision_data import load_mnist
-
-    return load_mnist(config)
-
-
-def make_cifar10(config: CifarConfig):
-    from rtk_plugins.datasets.vision_data import load_cifar
-
-    return load_cifar(config, classes=10)
-
-
-def make_cifar100(config: CifarConfig):
-    from rtk_plugins.datasets.vision_data import load_cifar
-
-    return load_cifar(config, classes=100)
-
-
-def make_svhn(config: SvhnConfig):
-    from rtk_plugins.datasets.vision_data import load_svhn
-
-    return load_svhn(config)
-
-
-def make_imagefolder(config: ImageFolderConfig):
-    from rtk_plugins.datasets.vision_data import load_imagefolder
-
-    return load_imagefolder(config)
+    test_dir: str = option("test", help=(
+        'test folder inside root, with the same class subfolders (e.g. "val" for ImageNet-style layouts)'))
+    image_size: int = option(224, min=1, help=(
+        "resize the short side to this many pixels, then center-crop to a square, so batches stack"))
 
 
 @rtk.hookimpl
 def register_datasets(register):
-    register("digits", make_digits, config=DigitsConfig,
+    register("digits", "rtk_plugins.datasets.digits:load_digits", config=DigitsConfig,
              summary="scikit-learn's bundled 8x8 handwritten digits (offline; 1,797 images)")
-    register("mnist", make_mnist, config=MnistConfig,
+    register("mnist", "rtk_plugins.datasets.vision_data:load_mnist", config=MnistConfig,
              summary="MNIST 28x28 digits from ROOT/MNIST/raw (root or RTK_DATA; download = true to fetch)")
-    register("cifar10", make_cifar10, config=CifarConfig,
-             summary="CIFAR-10 32x32, 10 classes, from ROOT/cifar-10-batches-py (root or RTK_DATA)")
-    register("cifar100", make_cifar100, config=CifarConfig,
-             summary="CIFAR-100 32x32, 100 classes, from ROOT/cifar-100-python (root or RTK_DATA)")
-    register("svhn", make_svhn, config=SvhnConfig,
+    for classes, folder in [(10, "cifar-10-batches-py"), (100, "cifar-100-python")]:
+        register(f"cifar{classes}", f"rtk_plugins.datasets.vision_data:load_cifar{classes}", config=CifarConfig,
+                 summary=f"CIFAR-{classes} 32x32, {classes} classes, from ROOT/{folder} (root or RTK_DATA)")
+    register("svhn", "rtk_plugins.datasets.vision_data:load_svhn", config=SvhnConfig,
              summary="SVHN 32x32 house-number digits from ROOT/SVHN/*_32x32.mat (root or RTK_DATA)")
-    register("imagefolder", make_imagefolder, config=ImageFolderConfig,
+    register("imagefolder", "rtk_plugins.datasets.vision_data:load_imagefolder", config=ImageFolderConfig,
              summary="your own images: ROOT/train/CLASS/* and ROOT/test/CLASS/*, resized and center-cropped")

@@ -23,7 +23,8 @@ DATA_ENV = "RTK_DATA"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where torchvision reads a dataset from, relative to its root, and the files it needs."""
+    """Where torchvision reads a dataset from, relative to its root, and the files it needs (a
+    trailing "/" marks a folder)."""
 
     folder: str
     files: tuple[str, ...]
@@ -58,33 +59,48 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def require_files(dataset: str, layout: Layout, root: str | None, download: bool, advice: str) -> Path:
+    """The data root (``root``, else $RTK_DATA); without ``download``, every file of ``layout`` is
+    checked first, and missing ones are one DataError that ends with ``advice``."""
+    base, origin = resolve_root(root, dataset, f"{layout.folder}/...")
+    folder = base / layout.folder
+    if not download:
+        missing = [name for name in layout.files
+                   if not ((folder / name).is_dir() if name.endswith("/") else (folder / name).is_file())]
+        if missing:
+            what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+            raise DataError(f"{dataset}: dataset files not found in {folder} ({what}; {origin} = {base}); rtk expects "
+                            f"{layout.pattern()}{advice}")
+    return base
+
+
+def read_split(dataset: str, split: str, folder: Path, download: bool, build: Callable[[], object], *,
+               by_hand: str, damaged: str):
+    """``build()``, with torchvision's failures as one-line DataErrors: a failed download says what
+    to fetch ``by_hand``, unreadable files what they look like and what to do (``damaged``)."""
+    try:
+        return build()
+    except (DataError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if download:
+            raise DataError(f"{dataset}: could not download or read the {split} split into {folder} ({_cause(exc)}); "
+                            f"check the network connection, or {by_hand} and set download = false") from None
+        raise DataError(f"{dataset}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look "
+                        f"{damaged}") from None
+
+
 def open_torchvision(dataset: str, layout: Layout, root: str | None, download: bool,
                      build: Callable[[str, str], object], splits: tuple[str, ...]) -> list:
     """``build(root, split)`` for each split, with missing or unreadable files as one DataError."""
-    base, source = resolve_root(root, dataset, f"{layout.folder}/...")
-    folder = base / layout.folder
-    if not download:
-        missing = [name for name in layout.files if not (folder / name).is_file()]
-        if missing:
-            what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
-            raise DataError(f"{dataset}: dataset files not found in {folder} ({what}; {source} = {base}); rtk expects "
-                            f"{layout.pattern()}; point root (or {DATA_ENV}) at the folder that holds "
-                            f"{layout.folder}/, or set download = true on a machine with network access")
-    opened = []
-    for split in splits:
-        try:
-            opened.append(build(str(base), split))
-        except (DataError, MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if download:
-                raise DataError(f"{dataset}: could not download or read the {split} split into {folder} ({_cause(exc)}); "
-                                f"check the network connection, or copy the files there by hand ({layout.pattern()}) "
-                                "and set download = false") from None
-            raise DataError(f"{dataset}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look "
-                            f"corrupt or truncated: replace them with intact copies ({layout.pattern()}), or delete "
-                            "them and set download = true on a machine with network access") from None
-    return opened
+    base = require_files(dataset, layout, root, download,
+                         f"; point root (or {DATA_ENV}) at the folder that holds {layout.folder}/, or set"
+                         " download = true on a machine with network access")
+    by_hand = f"copy the files there by hand ({layout.pattern()})"
+    damaged = (f"corrupt or truncated: replace them with intact copies ({layout.pattern()}), or delete them and set"
+               " download = true on a machine with network access")
+    return [read_split(dataset, split, base / layout.folder, download, lambda split=split: build(str(base), split),
+                       by_hand=by_hand, damaged=damaged) for split in splits]
 
 
 def to_image_set(images, labels, layout: str, dataset: str, size: int | None = None) -> ImageSet:
@@ -107,23 +123,35 @@ def to_image_set(images, labels, layout: str, dataset: str, size: int | None = N
 def load_mnist(config) -> DataSplits:
     from torchvision import datasets
 
-    train, test = open_torchvision("mnist", MNIST, config.root, config.download,
-                                   lambda root, split: datasets.MNIST(root, train=split == "train", download=config.download),
-                                   ("train", "test"))
-    return DataSplits(to_image_set(train.data, train.targets, "NHW", "mnist"), to_image_set(test.data, test.targets, "NHW", "mnist"),
+    train, test = open_torchvision(
+        "mnist", MNIST, config.root, config.download,
+        lambda root, split: datasets.MNIST(root, train=split == "train", download=config.download), ("train", "test"))
+    return DataSplits(to_image_set(train.data, train.targets, "NHW", "mnist"),
+                      to_image_set(test.data, test.targets, "NHW", "mnist"),
                       num_classes=len(train.classes), class_names=list(train.classes), name="mnist")
 
 
 def load_cifar(config, classes: int) -> DataSplits:
     from torchvision import datasets
 
-    name, layout, cls = ("cifar10", CIFAR10, datasets.CIFAR10) if classes == 10 else ("cifar100", CIFAR100, datasets.CIFAR100)
+    if classes == 10:
+        name, layout, cls = "cifar10", CIFAR10, datasets.CIFAR10
+    else:
+        name, layout, cls = "cifar100", CIFAR100, datasets.CIFAR100
     # torchvision verifies every file's md5 before unpickling it, so only the genuine batches are unpickled.
     train, test = open_torchvision(name, layout, config.root, config.download,
                                    lambda root, split: cls(root, train=split == "train", download=config.download),
                                    ("train", "test"))
     splits = [to_image_set(split.data, split.targets, "NHWC", name, size=config.image_size) for split in (train, test)]
     return DataSplits(*splits, num_classes=len(train.classes), class_names=list(train.classes), name=name)
+
+
+def load_cifar10(config) -> DataSplits:
+    return load_cifar(config, classes=10)
+
+
+def load_cifar100(config) -> DataSplits:
+    return load_cifar(config, classes=100)
 
 
 def load_svhn(config) -> DataSplits:
@@ -141,7 +169,8 @@ def load_svhn(config) -> DataSplits:
     sets = {s: to_image_set(d.data, d.labels, "NCHW", "svhn") for s, d in zip(splits, opened)}
     train = sets["train"]
     if config.extra:
-        train = ImageSet(torch.cat([train.images, sets["extra"].images]), torch.cat([train.labels, sets["extra"].labels]))
+        train = ImageSet(torch.cat([train.images, sets["extra"].images]),
+                         torch.cat([train.labels, sets["extra"].labels]))
     return DataSplits(train, sets["test"], num_classes=10, class_names=[str(i) for i in range(10)], name="svhn")
 
 
@@ -166,7 +195,8 @@ def load_imagefolder(config) -> DataSplits:
         raise DataError(f"imagefolder: root {root} is not a folder; rtk expects {layout}; point root at it")
     for key, sub in (("train_dir", config.train_dir), ("test_dir", config.test_dir)):
         if not (root / sub).is_dir():
-            hint = ' (there is a "val" folder: set test_dir = "val")' if key == "test_dir" and (root / "val").is_dir() else ""
+            has_val = key == "test_dir" and (root / "val").is_dir()
+            hint = ' (there is a "val" folder: set test_dir = "val")' if has_val else ""
             raise DataError(f"imagefolder: {root / sub} is not a folder{hint}; rtk expects {layout}; "
                             f"point root at the dataset or set {key}")
     # Resize + center crop give every image the same shape, so batches stack.
@@ -182,9 +212,11 @@ def load_imagefolder(config) -> DataSplits:
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
         raise DataError(f"imagefolder: {root / config.test_dir} has classes that {root / config.train_dir} lacks: "
-                        f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; use the same class folders in both")
+                        f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; use the same class folders in"
+                        " both")
     # The test folder may hold a subset of the classes; its labels must use the training ids.
     to_train_id = torch.tensor([train.class_to_idx[c] for c in test.classes], dtype=torch.long)
     test_labels = to_train_id[torch.tensor(test.targets, dtype=torch.long)]
-    return DataSplits(FileImageSet(train, torch.tensor(train.targets, dtype=torch.long)), FileImageSet(test, test_labels),
+    return DataSplits(FileImageSet(train, torch.tensor(train.targets, dtype=torch.long)),
+                      FileImageSet(test, test_labels),
                       num_classes=len(train.classes), class_names=list(train.classes), name="imagefolder")

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import TrainConfig
+from rtk.config import HeadOptions, TrainConfig, option
+from rtk.config.schema import HEAD_INIT_HELP, HeadInit
 
 
 @dataclass
-class LwFConfig(TrainConfig):
+class LwFConfig(HeadOptions, TrainConfig):
     """Transfer that keeps the source's robust features (Shafahi et al., "Adversarially robust
     transfer learning", arXiv:1905.08232, Sec. 6, Eq. 3): train on natural target data with
 
@@ -35,7 +35,7 @@ class LwFConfig(TrainConfig):
     - weight decay 2e-4 on conv/linear weights only (the TF ``DW`` variables):
       ``decay_bias_and_norm = false``.
     - ``bn_affine_trainable = true``: phase 2 trains the BN scales and shifts, as the code's
-      var_list does; the paper's "no BN parameter updates" may mean them too (spec 0.2).
+      var_list does; the paper's "no BN parameter updates" may mean them too.
     - fresh head with TF's uniform_unit_scaling init (``head_init``), even when the target
       classes equal the source's (Table 5).
     - no augmentation (the code's _DAT_AUG = False): the cached z0 are of un-augmented images.
@@ -47,25 +47,24 @@ class LwFConfig(TrainConfig):
     weight_decay: float = option(2e-4, min=0.0, help="L2 weight decay (the code: 2e-4 on conv/linear weights)")
     decay_bias_and_norm: bool = option(False, help="also decay biases and BN parameters (the code: no)")
     lambda_d: float = option(0.005, min=0.0, help="weight of the feature distance (repo default 0.005)")
-    distance: Literal["l1-mean", "l2"] = option("l1-mean", help="l1-mean: batch mean of ||z - z0||_1 (the reference code); l2: batch mean of ||z - z0||_2 (the paper's Eq. 3)")
-    warm_start_fraction: float = option(0.5, min=0.0, max=1.0, help="fraction of the epochs (and so of the steps; rounded to whole epochs, halves up) that train the fresh head only")
-    head_init: Literal["default", "zeros", "uniform-unit-scaling"] = option("uniform-unit-scaling", help="initialisation of the fresh head (TF uniform_unit_scaling, as the code)")
-    bn_affine_trainable: bool = option(True, help="phase 2 also trains the BN scales and shifts (the code does; running statistics stay frozen either way)")
+    distance: Literal["l1-mean", "l2"] = option("l1-mean", help=(
+        "l1-mean: batch mean of ||z - z0||_1 (the reference code); l2: batch mean of ||z - z0||_2 (the paper's Eq. 3)"))
+    warm_start_fraction: float = option(0.5, min=0.0, max=1.0, help=(
+        "fraction of the epochs (and so of the steps; rounded to"
+        " whole epochs, halves up) that train the fresh head only"))
+    head_init: HeadInit = option("uniform-unit-scaling", help=HEAD_INIT_HELP)
+    bn_affine_trainable: bool = option(True, help=(
+        "phase 2 also trains the BN scales and shifts (the code does; running statistics stay frozen either way)"))
     feature_batch_size: int = option(512, min=1, help="batch size of the one pass that caches z0")
 
     def __post_init__(self):
         if self.augment != "none":
-            raise ValueError('augment: lwf compares features with z0 cached once from un-augmented images, so augmentation'
-                             ' cannot apply; set augment = "none"')
-
-
-def make_lwf(config: LwFConfig):
-    from rtk_plugins.lwf.strategy import LwF
-
-    return LwF(config)
+            raise ValueError('augment: lwf compares features with z0 cached once from un-augmented images, so'
+                             ' augmentation cannot apply; set augment = "none"')
 
 
 @rtk.hookimpl
 def register_transfer_strategies(register):
-    register("lwf", make_lwf, config=LwFConfig,
-             summary="LwF feature distillation: natural training, features kept near the source's (Shafahi et al. Sec. 6)")
+    register("lwf", "rtk_plugins.lwf.strategy:LwF", config=LwFConfig, takes_objective=False,
+             summary="LwF feature distillation: natural training, features kept near the source's"
+                     " (Shafahi et al. Sec. 6)")

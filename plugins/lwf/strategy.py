@@ -1,9 +1,9 @@
 """LwF-style feature distillation (Shafahi et al., "Adversarially robust transfer learning",
 arXiv:1905.08232, Sec. 6): see rtk_plugins.lwf.LwFConfig.
 
-z0 is computed once by ``compute_features``. Phase 1 trains the head alone on the cached z0:
-with the body frozen and BN in eval mode, z(x) = z0 exactly, so the distance term is zero and
-no image forward pass is needed. Phase 2 trains all weights on (image, index) batches; the
+z0 is computed once (rtk_plugins.transfer.heads.train_head_on_features). Phase 1 trains the head
+alone on the cached z0: with the body frozen and BN in eval mode, z(x) = z0 exactly, so the
+distance term is zero and no image forward pass is needed. Phase 2 trains all weights on (image, index) batches; the
 objective looks the labels and z0 up by index, so the source never runs again.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from rtk.data import ImageSet
-from rtk.errors import RtkError
-from rtk.stages.training import CrossEntropy, Objective, fit
-from rtk.stages.strategy import FeatureSet, TransferStrategy, compute_features, set_trainable
-from rtk_plugins.transfer.finetune import bn_layers
+from rtk.stages.training import Objective, fit
+from rtk.stages.strategy import FeatureSet, set_trainable
+from rtk_plugins.transfer.base import Strategy, refuse_objective
+from rtk_plugins.transfer.batchnorm import freeze_bn_affine
+from rtk_plugins.transfer.heads import new_head, train_head_on_features
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -71,28 +72,19 @@ def train_all_weights(model, data, z0: FeatureSet, cfg, ctx, description: str = 
     BN in eval mode. ``z0`` holds the cached source features and the labels of ``data``."""
     set_trainable(model, True)
     if not cfg.bn_affine_trainable:
-        for bn in bn_layers(model):
-            set_trainable(bn, False)
+        freeze_bn_affine(model)
     objective = FeatureDistillation(z0.labels, z0.images, cfg.lambda_d, cfg.distance)
     return fit(model, Indexed(data), objective, cfg, ctx, description=description, stream=1, set_mode=eval_mode)
 
 
-class LwF(TransferStrategy):
-    def __init__(self, config):
-        self.config = config
-
+class LwF(Strategy):
     def transfer(self, model, data, ctx, objective=None):
-        if objective is not None:
-            raise RtkError("[transfer.objective]: lwf trains on natural target data with its own feature-distance loss;"
-                           " drop [transfer.objective] (or use finetune for adversarial training)")
+        refuse_objective(objective, "lwf trains on natural target data with its own feature-distance loss;"
+                                    " drop [transfer.objective] (or use finetune for adversarial training)")
         cfg = self.config
-        model.eval()
-        set_trainable(model, False)
-        z0 = compute_features(model, data.train, ctx, cfg.feature_batch_size, "source features z0 (train)")
-        head = model.reset_head(data.num_classes, cfg.head_init)
         warm = int(cfg.warm_start_fraction * cfg.epochs + 0.5)  # whole epochs, halves rounded up
-        if warm:
-            fit(head, z0, CrossEntropy(), dataclasses.replace(cfg, epochs=warm), ctx, description="lwf: head only")
+        z0 = train_head_on_features(model, data, ctx, cfg, lambda: new_head(model, data.num_classes, cfg.head_init),
+                                    "lwf: head only", epochs=warm, features="source features z0 (train)")
         if cfg.epochs - warm:
             train_all_weights(model, data.train, z0, dataclasses.replace(cfg, epochs=cfg.epochs - warm), ctx)
         model.eval()

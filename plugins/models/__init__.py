@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2471, 0.2435, 0.2616]
@@ -36,18 +36,14 @@ CIFAR10_STD = [0.2471, 0.2435, 0.2616]
 class SmallCNNConfig:
     """Options of the small CNN (digits, MNIST)."""
 
-    channels: list[int] = option(default_factory=lambda: [16, 32, 64], help="width of each conv stage (conv3x3, ReLU, max-pool 2)")
+    channels: list[int] = option(default_factory=lambda: [16, 32, 64], help=(
+        "width of each conv stage (conv3x3, ReLU, max-pool 2)"))
     feature_dim: int = option(256, min=1, help="width of the penultimate layer (the features z)")
     in_channels: int = option(1, min=1, help="image channels")
-    mean: list[float] = option(default_factory=lambda: [0.5], help="per-channel normalization mean, applied inside the model")
-    std: list[float] = option(default_factory=lambda: [0.5], help="per-channel normalization std, applied inside the model")
-
-
-def make_small_cnn(config: SmallCNNConfig, num_classes: int, variant=None):
-    """Small CNN: conv stages, 2x2 adaptive pool, FC to feature_dim, linear head."""
-    from rtk_plugins.models.small_cnn import small_cnn
-
-    return small_cnn(num_classes, config.channels, config.feature_dim, config.in_channels, config.mean, config.std)
+    mean: list[float] = option(default_factory=lambda: [0.5], help=(
+        "per-channel normalization mean, applied inside the model"))
+    std: list[float] = option(default_factory=lambda: [0.5], help=(
+        "per-channel normalization std, applied inside the model"))
 
 
 def wrn_units_per_stage(depth: int, shortcut: str) -> int:
@@ -71,15 +67,21 @@ def _check_mean_std(mean: list[float], std: list[float]) -> None:
 class WRNConfig:
     """Options of the CIFAR-style pre-activation Wide ResNet (defaults: WRN-28-10)."""
 
-    depth: int = option(28, min=6, help='6n+4 with shortcut "conv" (28 -> 4 units per stage), 6n+2 with "pad" (32 -> 5)')
+    depth: int = option(28, min=6, help=(
+        '6n+4 with shortcut "conv" (28 -> 4 units per stage), 6n+2 with "pad" (32 -> 5)'))
     widen: int = option(10, min=1, help="width factor k: stage widths 16k, 32k, 64k (features z are 64k-d)")
     leaky_relu: float = option(0.0, min=0.0, help="negative slope of every activation; 0 is ReLU, Madry uses 0.1")
-    shortcut: Literal["conv", "pad"] = option("conv", help='"conv": 1x1 conv when the shape changes (PyTorch WRN); "pad": avg-pool + zero-pad channels (Madry)')
+    shortcut: Literal["conv", "pad"] = option("conv", help=(
+        '"conv": 1x1 conv when the shape changes (PyTorch WRN); "pad": avg-pool + zero-pad channels (Madry)'))
     dropout: float = option(0.0, min=0.0, max=0.99, help="dropout between the two convs of each unit")
-    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help='per-channel normalization mean inside the model (input_norm = "mean-std")')
-    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help='per-channel normalization std inside the model (input_norm = "mean-std")')
-    input_norm: Literal["mean-std", "per-image"] = option("mean-std", help='"mean-std", or "per-image": tf.image.per_image_standardization as in Madry\'s model')
-    tf_padding: bool = option(False, help='TensorFlow "SAME" padding in strided convs (pads bottom/right only), for weights converted from TF')
+    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help=(
+        'per-channel normalization mean inside the model (input_norm = "mean-std")'))
+    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help=(
+        'per-channel normalization std inside the model (input_norm = "mean-std")'))
+    input_norm: Literal["mean-std", "per-image"] = option("mean-std", help=(
+        '"mean-std", or "per-image": tf.image.per_image_standardization as in Madry\'s model'))
+    tf_padding: bool = option(False, help=(
+        'TensorFlow "SAME" padding in strided convs (pads bottom/right only), for weights converted from TF'))
     bn_eps: float = option(1e-5, min=0.0, help="BatchNorm epsilon (PyTorch 1e-5; TF's batch_norm, used by Madry, 1e-3)")
 
     def __post_init__(self):
@@ -119,45 +121,31 @@ class WRN32x10Config(WRNConfig):
     bn_eps: float = _default("bn_eps", 1e-3)
 
 
-def make_wrn(config: WRNConfig, num_classes: int, variant=None):
-    """CIFAR-style pre-activation Wide ResNet (Zagoruyko & Komodakis, arXiv:1605.07146)."""
-    from rtk_plugins.models.wrn import wide_resnet
-
-    return wide_resnet(num_classes, wrn_units_per_stage(config.depth, config.shortcut), config.widen,
-                       leaky_relu=config.leaky_relu, shortcut=config.shortcut, dropout=config.dropout,
-                       mean=config.mean, std=config.std, input_norm=config.input_norm,
-                       tf_padding=config.tf_padding, bn_eps=config.bn_eps)
-
-
 @dataclass
 class ResNet18Config:
     """Options of the CIFAR ResNet-18."""
 
-    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help="per-channel normalization mean, applied inside the model")
-    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help="per-channel normalization std, applied inside the model")
+    mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help=(
+        "per-channel normalization mean, applied inside the model"))
+    std: list[float] = option(default_factory=lambda: list(CIFAR10_STD), help=(
+        "per-channel normalization std, applied inside the model"))
 
     def __post_init__(self):
         _check_mean_std(self.mean, self.std)
 
 
-def make_resnet18(config: ResNet18Config, num_classes: int, variant=None):
-    """CIFAR ResNet-18 (He et al., arXiv:1512.03385): 3x3 stem, no max-pool, 512-d features."""
-    from rtk_plugins.models.resnet import resnet18
-
-    return resnet18(num_classes, config.mean, config.std)
-
-
 @rtk.hookimpl
 def register_source_models(register):
-    register("small-cnn", make_small_cnn, config=SmallCNNConfig,
+    register("small-cnn", "rtk_plugins.models.small_cnn:from_config", config=SmallCNNConfig,
              summary="Small CNN for 8x8 digits and MNIST: conv(16,32,64) + fc256 + linear head")
-    register("wrn", make_wrn, config=WRNConfig,
-             summary="CIFAR pre-activation Wide ResNet, any depth/width (default WRN-28-10)")
-    register("wrn-28-10", make_wrn, config=WRN28x10Config,
-             summary="WRN-28-10 (TRADES): 4 units/stage, widths 160/320/640, ReLU, conv shortcuts")
-    register("wrn-34-10", make_wrn, config=WRN34x10Config,
-             summary="WRN-34-10 (TRADES, CARTL): 5 units/stage, ReLU, conv shortcuts; 17 blocks")
-    register("wrn-32-10", make_wrn, config=WRN32x10Config,
-             summary="Madry's WRN-32-10: 5 units/stage, leaky ReLU 0.1, pad shortcuts, per-image standardisation; 17 blocks")
-    register("resnet18", make_resnet18, config=ResNet18Config,
+    # The WRN and its presets: one factory, the presets differ in their configs' defaults only.
+    for name, config, summary in [
+        ("wrn", WRNConfig, "CIFAR pre-activation Wide ResNet, any depth/width (default WRN-28-10)"),
+        ("wrn-28-10", WRN28x10Config, "WRN-28-10 (TRADES): 4 units/stage, widths 160/320/640, ReLU, conv shortcuts"),
+        ("wrn-34-10", WRN34x10Config, "WRN-34-10 (TRADES, CARTL): 5 units/stage, ReLU, conv shortcuts; 17 blocks"),
+        ("wrn-32-10", WRN32x10Config,
+         "Madry's WRN-32-10: 5 units/stage, leaky ReLU 0.1, pad shortcuts, per-image standardisation; 17 blocks"),
+    ]:
+        register(name, "rtk_plugins.models.wrn:from_config", config=config, summary=summary)
+    register("resnet18", "rtk_plugins.models.resnet:from_config", config=ResNet18Config,
              summary="CIFAR ResNet-18: 3x3 stem, no max-pool, BasicBlocks [2,2,2,2], 512-d features")

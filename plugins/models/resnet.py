@@ -64,4 +64,10 @@ class ResNetBody(nn.Module):
 
 def resnet18(num_classes: int, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> RtkModel:
     body = ResNetBody((2, 2, 2, 2), in_channels=len(mean))
-    return RtkModel(body, nn.Linear(body.feature_dim, num_classes), body.feature_dim, body.block_names, Normalize(mean, std))
+    return RtkModel(body, nn.Linear(body.feature_dim, num_classes), body.feature_dim, body.block_names,
+                    Normalize(mean, std))
+
+
+def from_config(config, num_classes: int, variant=None) -> RtkModel:
+    """The ``resnet18`` factory: rtk_plugins.models.ResNet18Config's options."""
+    return resnet18(num_classes, config.mean, config.std)

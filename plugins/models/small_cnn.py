@@ -19,3 +19,8 @@ def small_cnn(num_classes: int, channels: list[int], feature_dim: int, in_channe
     body = nn.Sequential(*stages, fc)
     names = [str(i) for i in range(len(stages) + 1)]
     return RtkModel(body, nn.Linear(feature_dim, num_classes), feature_dim, names, Normalize(mean, std))
+
+
+def from_config(config, num_classes: int, variant=None) -> RtkModel:
+    """The ``small-cnn`` factory: rtk_plugins.models.SmallCNNConfig's options."""
+    return small_cnn(num_classes, config.channels, config.feature_dim, config.in_channels, config.mean, config.std)

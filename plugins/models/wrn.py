@@ -99,7 +99,8 @@ class WideBasic(nn.Module):
         self.activate_before_residual = activate_before_residual
         self.stride, self.extra_channels = stride, cout - cin
         changes = cin != cout or stride != 1
-        self.convShortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if shortcut == "conv" and changes else None
+        self.convShortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if shortcut == "conv" and changes
+                             else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(x))
@@ -186,3 +187,13 @@ def wide_resnet(num_classes: int, units: int, widen: int, *, leaky_relu: float =
     head = nn.Linear(body.feature_dim, num_classes)
     nn.init.zeros_(head.bias)
     return RtkModel(body, head, body.feature_dim, body.block_names, preprocess)
+
+
+def from_config(config, num_classes: int, variant=None) -> RtkModel:
+    """The factory of ``wrn`` and its presets: rtk_plugins.models.WRNConfig's options."""
+    from rtk_plugins.models import wrn_units_per_stage
+
+    return wide_resnet(num_classes, wrn_units_per_stage(config.depth, config.shortcut), config.widen,
+                       leaky_relu=config.leaky_relu, shortcut=config.shortcut, dropout=config.dropout,
+                       mean=config.mean, std=config.std, input_norm=config.input_norm,
+                       tf_padding=config.tf_padding, bn_eps=config.bn_eps)

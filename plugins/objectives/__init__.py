@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
 
 
 @dataclass
@@ -37,11 +37,15 @@ class PGDATConfig:
     norm: Literal["Linf", "L2"] = option("Linf", help="threat model norm")
     eps: float = option(8 / 255, min=0.0, help="training radius in [0, 1] pixel units")
     steps: int = option(7, min=1, help="inner PGD steps")
-    alpha: float | None = option(None, min=0.0, help="inner step size (unset: eps/4 for Linf, i.e. 2/255 at eps 8/255; 2.5*eps/steps for L2)")
+    alpha: float | None = option(None, min=0.0, help=(
+        "inner step size (unset: eps/4 for Linf, i.e. 2/255 at eps 8/255; 2.5*eps/steps for L2)"))
     random_start: bool = option(True, help="inner attack starts uniformly at random in the ball")
-    attack_mode: Literal["eval", "train"] = option("eval", help="BN/dropout mode while crafting the inner attack (train also updates BN running statistics)")
-    eps_ramp: float = option(0.0, min=0.0, max=1.0, help="fraction of training over which eps (and the step) grow linearly from 0 to eps")
-    mix_clean: float = option(0.0, min=0.0, max=1.0, help="weight of the clean-image loss (0 = pure adversarial training)")
+    attack_mode: Literal["eval", "train"] = option("eval", help=(
+        "BN/dropout mode while crafting the inner attack (train also updates BN running statistics)"))
+    eps_ramp: float = option(0.0, min=0.0, max=1.0, help=(
+        "fraction of training over which eps (and the step) grow linearly from 0 to eps"))
+    mix_clean: float = option(0.0, min=0.0, max=1.0, help=(
+        "weight of the clean-image loss (0 = pure adversarial training)"))
 
 
 @dataclass
@@ -91,7 +95,8 @@ class TRADESConfig:
     steps: int = option(10, min=0, help="inner steps (0: x' is x plus the 0.001-scale Gaussian start)")
     alpha: float = option(0.007, min=0.0, help="inner step size")
     norm: Literal["Linf", "L2"] = option("Linf", help="threat model norm")
-    attack_mode: Literal["eval", "train"] = option("eval", help="BN/dropout mode while crafting x' (train also updates BN running statistics)")
+    attack_mode: Literal["eval", "train"] = option("eval", help=(
+        "BN/dropout mode while crafting x' (train also updates BN running statistics)"))
 
 
 @dataclass
@@ -120,51 +125,26 @@ class SimCLRConfig:
     projection_dim: int = option(128, min=1, help="output width of the projection head g")
     projection_hidden: int | None = option(None, min=1, help="hidden width of g (unset: the model's feature_dim)")
     crop_scale_min: float = option(0.08, min=0.0, max=1.0, help="smallest crop area as a fraction of the image")
-    color_jitter: float = option(0.5, min=0.0, help="colour distortion strength s (brightness/contrast/saturation 0.8s, hue 0.2s; 0: off)")
+    color_jitter: float = option(0.5, min=0.0, help=(
+        "colour distortion strength s (brightness/contrast/saturation 0.8s, hue 0.2s; 0: off)"))
     grayscale_p: float = option(0.2, min=0.0, max=1.0, help="probability of converting a view to grayscale (RGB only)")
-    blur: bool = option(False, help="Gaussian blur with p 0.5, sigma in [0.1, 2], kernel 10% of the image side (ImageNet recipe)")
+    blur: bool = option(False, help=(
+        "Gaussian blur with p 0.5, sigma in [0.1, 2], kernel 10% of the image side (ImageNet recipe)"))
 
     def __post_init__(self):
         if self.crop_scale_min <= 0:
             raise ValueError("crop_scale_min must be above 0 (a crop needs some area); SimCLR uses 0.08")
 
 
-def make_natural(config: NaturalConfig):
-    from rtk.stages.training import CrossEntropy
-
-    return CrossEntropy()
-
-
-def make_pgd_at(config: PGDATConfig):
-    from rtk_plugins.objectives.adversarial_training import PGDAdversarialTraining
-
-    return PGDAdversarialTraining(config)
-
-
-def make_free_at(config: FreeATConfig):
-    from rtk_plugins.objectives.free_at import FreeAdversarialTraining
-
-    return FreeAdversarialTraining(config)
-
-
-def make_trades(config: TRADESConfig):
-    from rtk_plugins.objectives.trades import TRADES
-
-    return TRADES(config)
-
-
-def make_simclr(config: SimCLRConfig):
-    from rtk_plugins.objectives.simclr import SimCLR
-
-    return SimCLR(config)
-
-
 @rtk.hookimpl
 def register_objectives(register):
-    register("natural", make_natural, config=NaturalConfig, summary="Natural training: cross-entropy on clean images")
-    register("pgd-at", make_pgd_at, config=PGDATConfig, summary="Madry PGD adversarial training (Linf or L2), optional eps ramp")
-    register("free-at", make_free_at, config=FreeATConfig,
+    register("natural", "rtk_plugins.objectives.natural:natural", config=NaturalConfig,
+             summary="Natural training: cross-entropy on clean images")
+    register("pgd-at", "rtk_plugins.objectives.adversarial_training:PGDAdversarialTraining", config=PGDATConfig,
+             summary="Madry PGD adversarial training (Linf or L2), optional eps ramp")
+    register("free-at", "rtk_plugins.objectives.free_at:FreeAdversarialTraining", config=FreeATConfig,
              summary="Free adversarial training (Shafahi 2019): m replays per batch, persistent Linf perturbation")
-    register("trades", make_trades, config=TRADESConfig, summary="TRADES (Zhang 2019): CE + beta * KL to the inner-maximised point")
-    register("simclr", make_simclr, config=SimCLRConfig,
+    register("trades", "rtk_plugins.objectives.trades:TRADES", config=TRADESConfig,
+             summary="TRADES (Zhang 2019): CE + beta * KL to the inner-maximised point")
+    register("simclr", "rtk_plugins.objectives.simclr:SimCLR", config=SimCLRConfig,
              summary="SimCLR (Chen 2020) self-supervised NT-Xent with an objective-owned projection head")

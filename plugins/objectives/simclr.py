@@ -46,7 +46,8 @@ class SimCLR(Objective):
             return
         feature_dim = getattr(model, "feature_dim", None)
         if not isinstance(feature_dim, int):
-            raise RtkError("simclr needs a model with an integer feature_dim (the rtk model contract) to size its projection head")
+            raise RtkError("simclr needs a model with an integer feature_dim (the rtk model contract) to size its"
+                           " projection head")
         cfg = self.config
         self.head = projection_head(feature_dim, cfg.projection_hidden or feature_dim, cfg.projection_dim).to(device)
 

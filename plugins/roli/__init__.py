@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import TrainConfig
+from rtk.config import TrainConfig, option
 
 Variant = Literal["full", "bias", "lora", "adapter", "linear"]
 
@@ -51,25 +50,33 @@ class RanLIConfig(TrainConfig):
 
     epochs: int = option(20, min=0, max=100_000, help="fine-tuning epochs (RoLI CIFAR: 20)")
     batch_size: int = option(64, min=1, max=1_000_000, help="examples per step (RoLI: 64)")
-    optimizer: Literal["auto", "sgd", "adam", "adamw"] = option("auto", help="auto: AdamW, or SGD for variant linear (the code)")
+    optimizer: Literal["auto", "sgd", "adam", "adamw"] = option("auto", help=(
+        "auto: AdamW, or SGD for variant linear (the code)"))
     lr: float = option(5e-4, min=0.0, help="fine-tuning learning rate (RanLI full fine-tuning, every dataset: 5e-4)")
     weight_decay: float = option(0.01, min=0.0, help="decoupled weight decay on weights (the code hard-codes 0.01)")
-    decay_bias_and_norm: bool = option(False, help="apply weight_decay to biases and normalization parameters too (RoLI: no)")
-    schedule: Literal["constant", "cosine", "multistep"] = option("cosine", help="learning-rate schedule after the warm-up (RoLI: cosine to 0)")
+    decay_bias_and_norm: bool = option(False, help=(
+        "apply weight_decay to biases and normalization parameters too (RoLI: no)"))
+    schedule: Literal["constant", "cosine", "multistep"] = option("cosine", help=(
+        "learning-rate schedule after the warm-up (RoLI: cosine to 0)"))
     warmup_epochs: float = option(10.0, min=0.0, help="linear warm-up epochs, per iteration (RoLI: 10)")
     adam_eps: float = option(1e-6, min=0.0, help="AdamW epsilon (RoLI: 1e-6)")
     variant: Variant = option("full", help="which parameters fine-tune: full, bias, lora, adapter or linear")
     eps: float = option(8 / 255, min=0.0, help="Linf radius of the training attack")
     alpha: float = option(2 / 255, min=0.0, help="training attack step size")
     steps: int = option(7, min=1, help="training attack steps")
-    head_bias_init: float = option(-math.log(99), help="initial bias of the random head (the code: -log(99), a 1% prior)")
+    head_bias_init: float = option(-math.log(99), help=(
+        "initial bias of the random head (the code: -log(99), a 1% prior)"))
     lora_rank: int = option(16, min=1, help="LoRA rank r")
     lora_alpha: float = option(16.0, min=0.0, help="LoRA alpha (scale alpha / r)")
     lora_dropout: float = option(0.1, min=0.0, max=0.99, help="dropout on the LoRA input")
-    lora_init: Literal["standard", "zero"] = option("standard", help="standard: A kaiming, B zero; zero: both zero (the code's ZEROINIT, LoRA never moves)")
+    lora_init: Literal["standard", "zero"] = option("standard", help=(
+        "standard: A kaiming, B zero; zero: both zero (the code's ZEROINIT, LoRA never moves)"))
     adapter_reduction: int = option(8, min=1, help="adapter bottleneck = dim // reduction")
-    adapter_init: Literal["standard", "zero"] = option("standard", help="standard: up-projection zero, down random; zero: all zero (the code)")
-    bias_params: Literal["name", "bias"] = option("name", help='variant bias: "name" trains every encoder parameter whose name contains "bias" (the code, incl. Swin\'s relative_position_bias_table), "bias" only the *.bias vectors')
+    adapter_init: Literal["standard", "zero"] = option("standard", help=(
+        "standard: up-projection zero, down random; zero: all zero (the code)"))
+    bias_params: Literal["name", "bias"] = option("name", help=(
+        'variant bias: "name" trains every encoder parameter whose name contains "bias" (the'
+        ' code, incl. Swin\'s relative_position_bias_table), "bias" only the *.bias vectors'))
 
 
 @dataclass
@@ -94,21 +101,10 @@ class RoLIConfig(RanLIConfig):
     val_steps: int = option(10, min=1, help="PGD steps of the validation attack that picks the stage 1 epoch")
 
 
-def make_roli(config: RoLIConfig):
-    from rtk_plugins.roli.strategy import RoLI
-
-    return RoLI(config, robust_init=True)
-
-
-def make_ranli(config: RanLIConfig):
-    from rtk_plugins.roli.strategy import RoLI
-
-    return RoLI(config, robust_init=False)
-
-
 @rtk.hookimpl
 def register_transfer_strategies(register):
-    register("roli", make_roli, config=RoLIConfig,
-             summary="RoLI: adversarial linear probe (best val robust epoch), then adversarial fine-tuning from that head")
-    register("ranli", make_ranli, config=RanLIConfig,
+    register("roli", "rtk_plugins.roli.strategy:RoLI", config=RoLIConfig, takes_objective=True,
+             summary="RoLI: adversarial linear probe (best val robust epoch), then adversarial fine-tuning from that"
+                     " head")
+    register("ranli", "rtk_plugins.roli.strategy:RanLI", config=RanLIConfig, takes_objective=True,
              summary="RanLI: adversarial fine-tuning (full, bias, LoRA, adapter, linear) from a random head")

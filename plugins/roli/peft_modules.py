@@ -23,6 +23,7 @@ moves, and only the adapter's up-projection bias ever trains.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -87,18 +88,28 @@ def transformer_mlps(encoder: nn.Module) -> list[nn.Module]:
     return [m.mlp for m in encoder.modules() if hasattr(m, "attn") and isinstance(getattr(m, "mlp", None), nn.Module)]
 
 
+def attach(hosts: list[nn.Module], name: str, build: Callable[[nn.Module], nn.Module], hook) -> list[nn.Module]:
+    """``host.<name> = build(host)`` on every host, with ``hook`` after the host's forward; returns the new modules."""
+    added = []
+    for host in hosts:
+        module = build(host)
+        setattr(host, name, module)
+        host.register_forward_hook(hook)
+        added.append(module)
+    return added
+
+
 def add_lora(encoder: nn.Module, rank: int, alpha: float, dropout: float, init: str) -> list[nn.Module]:
     """LoRA on q and v of every fused-qkv attention in ``encoder``; returns the LoRA modules."""
     layers = fused_qkv_layers(encoder)
     if not layers:
         raise RtkError("roli: variant lora needs attention layers with a fused qkv Linear (timm ViT or Swin);"
                        " use variant full, bias or linear for this model")
-    added = []
-    for qkv in layers:
-        qkv.lora = QVLoRA(qkv.in_features, rank, alpha, dropout, init).to(qkv.weight.device)
-        qkv.register_forward_hook(_add_lora_output)
-        added.append(qkv.lora)
-    return added
+
+    def lora(qkv: nn.Module) -> nn.Module:
+        return QVLoRA(qkv.in_features, rank, alpha, dropout, init).to(qkv.weight.device)
+
+    return attach(layers, "lora", lora, _add_lora_output)
 
 
 def add_adapters(encoder: nn.Module, reduction: int, init: str) -> list[nn.Module]:
@@ -107,13 +118,12 @@ def add_adapters(encoder: nn.Module, reduction: int, init: str) -> list[nn.Modul
     if not mlps:
         raise RtkError("roli: variant adapter needs transformer blocks with attn and mlp (timm ViT or Swin);"
                        " use variant full, bias or linear for this model")
-    added = []
-    for mlp in mlps:
-        out = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1]
-        mlp.adapter = PfeifferAdapter(out.out_features, reduction, init).to(out.weight.device)
-        mlp.register_forward_hook(_adapt_output)
-        added.append(mlp.adapter)
-    return added
+
+    def adapter(mlp: nn.Module) -> nn.Module:
+        out = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1]  # the MLP's own last Linear
+        return PfeifferAdapter(out.out_features, reduction, init).to(out.weight.device)
+
+    return attach(mlps, "adapter", adapter, _adapt_output)
 
 
 def bias_parameters(encoder: nn.Module, match: str) -> list[nn.Parameter]:

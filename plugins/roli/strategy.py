@@ -1,6 +1,6 @@
 """RoLI and RanLI (Hua et al., "Initialization Matters for Adversarial Transfer Learning",
-arXiv:2312.05716); options and defaults: rtk_plugins.roli.RoLIConfig / RanLIConfig. Also
-``fit_with_warmup``, the training entry point RoLI and CARTL's NEFT share."""
+arXiv:2312.05716); options and defaults: rtk_plugins.roli.RoLIConfig / RanLIConfig. Warm-up and
+AdamW's epsilon come from rtk.stages.training.fit (``cfg.warmup_epochs``, ``cfg.adam_eps``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,16 +13,9 @@ from rtk.data import iterate
 from rtk.errors import RtkError
 from rtk.config.schema import TrainConfig
 from rtk.stages.strategy import TransferStrategy, set_trainable
+from rtk.stages.training import fit
 from rtk_plugins.roli.peft_modules import add_adapters, add_lora, bias_parameters
 from rtk_plugins.attacks.pgd import torchattacks_pgd
-
-
-def fit_with_warmup(model, data, objective, cfg, ctx, **kwargs):
-    """rtk.stages.training.fit (which applies ``cfg.warmup_epochs`` and ``cfg.adam_eps``); kept as the
-    one training entry point of RoLI and NEFT."""
-    from rtk.stages.training import fit
-
-    return fit(model, data, objective, cfg, ctx, **kwargs)
 
 
 def random_head(feature_dim: int, num_classes: int, bias: float, device) -> nn.Linear:
@@ -93,7 +86,10 @@ class BestHeadByValidation:
 
 
 class RoLI(TransferStrategy):
-    def __init__(self, config, robust_init: bool):
+    """``roli`` (``robust_init``: the head starts from stage 1's adversarial linear probe) and, with
+    ``robust_init = False``, ``ranli`` (from a random head)."""
+
+    def __init__(self, config, robust_init: bool = True):
         self.config = config
         self.robust_init = robust_init
         self.probe: BestHeadByValidation | None = None  # stage 1's record (tests and reports read it)
@@ -143,8 +139,8 @@ class RoLI(TransferStrategy):
                              schedule="cosine", augment=cfg.augment, checkpoint_every=cfg.checkpoint_every,
                              warmup_epochs=cfg.warmup_epochs)
         self.probe = BestHeadByValidation(self._attack_objective(), model, data.val, ctx, cfg)
-        fit_with_warmup(model, data.train, self.probe, stage, ctx, params=list(model.head.parameters()),
-                        set_mode=lambda m: m.eval(), description="adversarial linear probe")
+        fit(model, data.train, self.probe, stage, ctx, params=list(model.head.parameters()),
+            set_mode=lambda m: m.eval(), description="adversarial linear probe")
         self.probe.finish(cfg.probe_epochs)
         model.head.load_state_dict(self.probe.best_head)
 
@@ -161,13 +157,21 @@ class RoLI(TransferStrategy):
             p.requires_grad_(True)
         optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("sgd" if cfg.variant == "linear" else "adamw")
         stage = dataclasses.replace(cfg, optimizer=optimizer)
-        fit_with_warmup(model, data.train, objective or self._attack_objective(), stage, ctx, params=params,
-                        set_mode=self._set_mode, description=f"adversarial fine-tuning ({cfg.variant})")
+        fit(model, data.train, objective or self._attack_objective(), stage, ctx, params=params,
+            set_mode=self._set_mode, description=f"adversarial fine-tuning ({cfg.variant})")
         model.eval()
         return model
 
     def rebuild(self, model, num_classes: int):
         """A head for ``num_classes`` plus the variant's LoRA or adapter modules."""
-        model.head = random_head(model.feature_dim, num_classes, self.config.head_bias_init, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        model.head = random_head(model.feature_dim, num_classes, self.config.head_bias_init, device)
         self._install_variant(model)
         return model
+
+
+class RanLI(RoLI):
+    """``ranli``: RoLI's adversarial fine-tuning from a random head."""
+
+    def __init__(self, config):
+        super().__init__(config, robust_init=False)

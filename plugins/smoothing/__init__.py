@@ -7,47 +7,20 @@
   of Smoothed Classifiers" (arXiv:2006.04062; jh-jeong/smoothing-consistency).
 
 The configs are torch- and scipy-free so that ``rtk validate`` stays fast; the implementations
-live in rtk_plugins.smoothing.cohen and rtk_plugins.smoothing.noise_training.
+live in rtk_plugins.smoothing.cohen and rtk_plugins.smoothing.noise_training, the sample-size
+bounds the configs check in rtk_plugins.smoothing.bounds (re-exported here).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
+from rtk_plugins.smoothing.bounds import max_certifiable_radius  # noqa: F401 (re-exported: light)
+from rtk_plugins.smoothing.bounds import min_certify_n, min_predict_n
 
 DEFAULT_RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-
-
-def min_certify_n(alpha: float) -> int:
-    """The smallest n at which CERTIFY can certify anything at level alpha: even when all n
-    draws agree, the one-sided Clopper-Pearson bound is alpha^(1/n), which must reach 0.5."""
-    n = max(1, math.ceil(math.log(alpha) / math.log(0.5)))
-    while alpha ** (1 / n) < 0.5:  # guard the float rounding of the logarithms
-        n += 1
-    while n > 1 and alpha ** (1 / (n - 1)) >= 0.5:
-        n -= 1
-    return n
-
-
-def min_predict_n(alpha: float) -> int:
-    """The smallest n at which PREDICT can answer at all: with nA = n and nB = 0 the two-sided
-    binomial p-value is 2 * 0.5^n, which must not exceed alpha (locuslab/smoothing issue #8)."""
-    n = max(1, math.ceil(math.log2(2 / alpha)))
-    while min(1.0, 2 * 0.5 ** n) > alpha:
-        n += 1
-    while n > 1 and min(1.0, 2 * 0.5 ** (n - 1)) <= alpha:
-        n -= 1
-    return n
-
-
-def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
-    """The largest radius CERTIFY can ever return with these settings: sigma * Phi^-1(alpha^(1/n))."""
-    bound = alpha ** (1 / n)
-    return sigma * NormalDist().inv_cdf(bound) if 0.5 <= bound < 1 else 0.0
 
 
 @dataclass
@@ -81,7 +54,8 @@ class CohenConfig:
     radii: list[float] = option(default_factory=lambda: list(DEFAULT_RADII), min=0.0,
                                 help="radii at which certified accuracy is reported and plotted")
     seed: int | None = option(None, help="noise seed (unset: the run seed); each example gets its own stream")
-    mode: Literal["certify", "predict"] = option("certify", help="CERTIFY (radius) or PREDICT (smoothed prediction only)")
+    mode: Literal["certify", "predict"] = option("certify", help=(
+        "CERTIFY (radius) or PREDICT (smoothed prediction only)"))
 
     def __post_init__(self):
         if not 0 < self.alpha < 1:
@@ -90,7 +64,8 @@ class CohenConfig:
             raise ValueError("radii: give at least one radius, e.g. [0.0, 0.5]")
         if self.mode == "certify" and self.n < (need := min_certify_n(self.alpha)):
             raise ValueError(f"n: n={self.n} cannot certify any example at alpha={self.alpha}: even if all n noisy"
-                             f" predictions agree, the lower bound alpha^(1/n) = {self.alpha ** (1 / self.n):.3f} < 0.5;"
+                             " predictions agree, the lower bound alpha^(1/n) ="
+                             f" {self.alpha ** (1 / self.n):.3f} < 0.5;"
                              f" use n >= {need} (the paper uses 100000)")
         if self.mode == "predict" and self.n < (need := min_predict_n(self.alpha)):
             raise ValueError(f"n: n={self.n} makes PREDICT abstain on every example at alpha={self.alpha}"
@@ -132,33 +107,16 @@ class ConsistencyConfig:
     eta: float = option(0.5, min=0.0, help="weight of the entropy of the mean prediction")
 
 
-def make_cohen(config: CohenConfig):
-    from rtk_plugins.smoothing.cohen import CohenCertifier
-
-    return CohenCertifier(config)
-
-
-def make_gaussian(config: GaussianConfig):
-    from rtk_plugins.smoothing.noise_training import GaussianAugmentation
-
-    return GaussianAugmentation(config)
-
-
-def make_consistency(config: ConsistencyConfig):
-    from rtk_plugins.smoothing.noise_training import ConsistencyRegularization
-
-    return ConsistencyRegularization(config)
-
-
 @rtk.hookimpl
 def register_certifiers(register):
-    register("cohen", make_cohen, config=CohenConfig,
-             summary="Randomized smoothing (Cohen et al.): CERTIFY/PREDICT, Clopper-Pearson, certified accuracy and ACR")
+    register("cohen", "rtk_plugins.smoothing.cohen:CohenCertifier", config=CohenConfig,
+             summary="Randomized smoothing (Cohen et al.): CERTIFY/PREDICT, Clopper-Pearson, certified accuracy"
+                     " and ACR")
 
 
 @rtk.hookimpl
 def register_objectives(register):
-    register("gaussian", make_gaussian, config=GaussianConfig,
+    register("gaussian", "rtk_plugins.smoothing.noise_training:GaussianAugmentation", config=GaussianConfig,
              summary="Gaussian noise augmentation (Cohen et al.): cross-entropy on x + sigma*N(0, I)")
-    register("consistency", make_consistency, config=ConsistencyConfig,
+    register("consistency", "rtk_plugins.smoothing.noise_training:ConsistencyRegularization", config=ConsistencyConfig,
              summary="Consistency regularization (Jeong & Shin): m noisy copies, KL to their mean, entropy")

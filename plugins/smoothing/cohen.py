@@ -164,7 +164,7 @@ class CohenCertifier(Certifier):
         import math
         from statistics import NormalDist
 
-        from rtk_plugins.smoothing import max_certifiable_radius
+        from rtk_plugins.smoothing.bounds import max_certifiable_radius
 
         cfg = self.config
         if cfg.mode != "certify" or cfg.sigma == 0:
@@ -192,7 +192,7 @@ class CohenCertifier(Certifier):
             result["metrics"] = {"clean_smoothed_accuracy": certify_report.certified_accuracy(rows, 0.0),
                                  "abstain_rate": certify_report.abstain_rate(rows)}
             return result
-        from rtk_plugins.smoothing import max_certifiable_radius
+        from rtk_plugins.smoothing.bounds import max_certifiable_radius
 
         plot = out / f"certify-{ctx.run_index}.png" if out is not None and rows else None
         title = f"smoothing sigma={cfg.sigma:g}, n={cfg.n}, alpha={cfg.alpha:g}, {len(rows)} examples"

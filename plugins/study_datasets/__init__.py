@@ -20,22 +20,25 @@ Splits (Kornblith et al. Table A1; the study follows them):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import DatasetConfig
+from rtk.config import DatasetConfig, option
 
 _ROOT_HELP = "data root holding {layout} (default: the RTK_DATA environment variable; an error if neither is set)"
 _DOWNLOAD_HELP = "let torchvision fetch the files into root when missing (needs network access; never done unless set)"
-_SIZE_HELP = "resize the short side to this many pixels, then center-crop a square, so batches stack (the model may resize again)"
+_SIZE_HELP = ("resize the short side to this many pixels, then center-crop a square, so batches stack (the model may"
+              " resize again)")
 
 
 @dataclass
 class StudyImageConfig(DatasetConfig):
     """Options of a file-backed torchvision dataset. Defaults: root = $RTK_DATA, download = false, image_size = 224."""
 
-    root: str | None = option(None, path=True, help=_ROOT_HELP.format(layout="the dataset's folder (see the dataset's description)"))
+    dataset: ClassVar[str]  # the registered name, by which rtk_plugins.study_datasets.torchvision_data reads the files
+
+    root: str | None = option(None, path=True,
+                              help=_ROOT_HELP.format(layout="the dataset's folder (see the dataset's description)"))
     download: bool = option(False, help=_DOWNLOAD_HELP)
     image_size: int = option(224, min=1, max=4096, help=_SIZE_HELP)
 
@@ -43,14 +46,20 @@ class StudyImageConfig(DatasetConfig):
 @dataclass
 class Food101Config(StudyImageConfig):
     """Food-101 (Bossard et al. 2014): 101 classes, official 75,750 train / 25,250 test, from
-    ROOT/food-101/{meta/train.json, meta/test.json, images/}. Defaults: root = $RTK_DATA, download = false, image_size = 224."""
+    ROOT/food-101/{meta/train.json, meta/test.json, images/}. Defaults: root = $RTK_DATA, download = false,
+    image_size = 224."""
+
+    dataset: ClassVar[str] = "food101"
 
 
 @dataclass
 class StanfordCarsConfig(StudyImageConfig):
     """Stanford Cars (Krause et al. 2013): 196 classes, official 8,144 train / 8,041 test, from
     ROOT/stanford_cars/{devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat}
-    (torchvision's download URL no longer works: fetch the files by hand). Defaults: root = $RTK_DATA, download = false, image_size = 224."""
+    (torchvision's download URL no longer works: fetch the files by hand). Defaults: root = $RTK_DATA,
+    download = false, image_size = 224."""
+
+    dataset: ClassVar[str] = "stanford-cars"
 
 
 @dataclass
@@ -59,7 +68,10 @@ class AircraftConfig(StudyImageConfig):
     level (100 classes), from ROOT/fgvc-aircraft-2013b/data/. Defaults: root = $RTK_DATA,
     download = false, image_size = 224, annotation_level = "variant"."""
 
-    annotation_level: Literal["variant", "family", "manufacturer"] = option("variant", help="label granularity: 100 variants (Kornblith et al.), 70 families or 30 manufacturers")
+    dataset: ClassVar[str] = "fgvc-aircraft"
+
+    annotation_level: Literal["variant", "family", "manufacturer"] = option("variant", help=(
+        "label granularity: 100 variants (Kornblith et al.), 70 families or 30 manufacturers"))
 
 
 @dataclass
@@ -68,13 +80,19 @@ class DtdConfig(StudyImageConfig):
     (3,760), test = its test list (1,880), from ROOT/dtd/dtd/{images/, labels/}. Defaults:
     root = $RTK_DATA, download = false, image_size = 224, partition = 1."""
 
-    partition: int = option(1, min=1, max=10, help="which of DTD's 10 official train/val/test partitions (Kornblith et al. use 1)")
+    dataset: ClassVar[str] = "dtd"
+
+    partition: int = option(1, min=1, max=10, help=(
+        "which of DTD's 10 official train/val/test partitions (Kornblith et al. use 1)"))
 
 
 @dataclass
 class PetsConfig(StudyImageConfig):
     """Oxford-IIIT Pets (Parkhi et al. 2012): 37 breeds, official trainval (3,680) / test (3,669),
-    from ROOT/oxford-iiit-pet/{images/, annotations/}. Defaults: root = $RTK_DATA, download = false, image_size = 224."""
+    from ROOT/oxford-iiit-pet/{images/, annotations/}. Defaults: root = $RTK_DATA, download = false,
+    image_size = 224."""
+
+    dataset: ClassVar[str] = "oxford-pets"
 
 
 @dataclass
@@ -83,14 +101,19 @@ class FlowersConfig(StudyImageConfig):
     test = the official test set (6,149), from ROOT/flowers-102/{jpg/, imagelabels.mat, setid.mat}
     (torchvision checks the .mat files' md5). Defaults: root = $RTK_DATA, download = false, image_size = 224."""
 
+    dataset: ClassVar[str] = "flowers102"
+
 
 @dataclass
 class SeededSplitConfig(StudyImageConfig):
     """A dataset without an official split, split per class here with a fixed seed."""
 
-    train_per_class: int = option(30, min=1, help="training images per class, drawn at random (seeded); the rest are test images")
-    test_per_class: int | None = option(None, min=1, help="test images per class, drawn from the rest (unset: all the rest)")
-    split_seed: int = option(0, min=0, max=2**63 - 1, help="seed of the train/test draw (independent of the run seed and of seed)")
+    train_per_class: int = option(30, min=1, help=(
+        "training images per class, drawn at random (seeded); the rest are test images"))
+    test_per_class: int | None = option(None, min=1, help=(
+        "test images per class, drawn from the rest (unset: all the rest)"))
+    split_seed: int = option(0, min=0, max=2**63 - 1, help=(
+        "seed of the train/test draw (independent of the run seed and of seed)"))
 
 
 @dataclass
@@ -100,6 +123,8 @@ class Caltech101Config(SeededSplitConfig):
     image for testing, from ROOT/caltech101/101_ObjectCategories/. Defaults: root = $RTK_DATA,
     download = false, image_size = 224, train_per_class = 30, test_per_class = all the rest, split_seed = 0."""
 
+    dataset: ClassVar[str] = "caltech101"
+
 
 @dataclass
 class Caltech256Config(SeededSplitConfig):
@@ -108,7 +133,10 @@ class Caltech256Config(SeededSplitConfig):
     ROOT/caltech256/256_ObjectCategories/. Defaults: root = $RTK_DATA, download = false,
     image_size = 224, train_per_class = 60, test_per_class = all the rest, split_seed = 0."""
 
-    train_per_class: int = option(60, min=1, help="training images per class, drawn at random (seeded); the rest are test images")
+    dataset: ClassVar[str] = "caltech256"
+
+    train_per_class: int = option(60, min=1, help=(
+        "training images per class, drawn at random (seeded); the rest are test images"))
 
 
 @dataclass
@@ -118,35 +146,28 @@ class Sun397Config(SeededSplitConfig):
     official partition files), from ROOT/SUN397/{ClassName.txt, a/abbey/sun_*.jpg, ...}. Defaults:
     root = $RTK_DATA, download = false, image_size = 224, train_per_class = 50, test_per_class = 50, split_seed = 0."""
 
+    dataset: ClassVar[str] = "sun397"
+
     train_per_class: int = option(50, min=1, help="training images per class, drawn at random (seeded)")
-    test_per_class: int | None = option(50, min=1, help="test images per class, drawn from the rest (unset: all the rest)")
+    test_per_class: int | None = option(50, min=1, help=(
+        "test images per class, drawn from the rest (unset: all the rest)"))
 
 
-def _loader(name: str):
-    def make(config):
-        from rtk_plugins.study_datasets.torchvision_data import load_study_dataset
-
-        return load_study_dataset(name, config)
-
-    make.__name__ = f"make_{name.replace('-', '_')}"
-    make.__doc__ = f"The {name} dataset, decoded lazily (rtk_plugins.study_datasets.torchvision_data)."
-    return make
-
-
-DATASETS = {
-    "food101": (Food101Config, "Food-101, 101 classes, official train/test, from ROOT/food-101 (root or RTK_DATA)"),
-    "sun397": (Sun397Config, "SUN397 scenes, 397 classes, seeded 50/50 per-class split, from ROOT/SUN397"),
-    "caltech101": (Caltech101Config, "Caltech-101, 101 classes, seeded 30 train per class, from ROOT/caltech101"),
-    "caltech256": (Caltech256Config, "Caltech-256, 257 classes, seeded 60 train per class, from ROOT/caltech256"),
-    "stanford-cars": (StanfordCarsConfig, "Stanford Cars, 196 classes, official train/test, from ROOT/stanford_cars"),
-    "fgvc-aircraft": (AircraftConfig, "FGVC-Aircraft, 100 variants, official trainval/test, from ROOT/fgvc-aircraft-2013b"),
-    "dtd": (DtdConfig, "Describable Textures, 47 classes, train+val/test of partition 1, from ROOT/dtd/dtd"),
-    "oxford-pets": (PetsConfig, "Oxford-IIIT Pets, 37 breeds, official trainval/test, from ROOT/oxford-iiit-pet"),
-    "flowers102": (FlowersConfig, "Oxford Flowers-102, 102 classes, train+val/test, from ROOT/flowers-102"),
-}
+# name -> (config, summary); each config class carries its registered name.
+DATASETS = {config.dataset: (config, summary) for config, summary in [
+    (Food101Config, "Food-101, 101 classes, official train/test, from ROOT/food-101 (root or RTK_DATA)"),
+    (Sun397Config, "SUN397 scenes, 397 classes, seeded 50/50 per-class split, from ROOT/SUN397"),
+    (Caltech101Config, "Caltech-101, 101 classes, seeded 30 train per class, from ROOT/caltech101"),
+    (Caltech256Config, "Caltech-256, 257 classes, seeded 60 train per class, from ROOT/caltech256"),
+    (StanfordCarsConfig, "Stanford Cars, 196 classes, official train/test, from ROOT/stanford_cars"),
+    (AircraftConfig, "FGVC-Aircraft, 100 variants, official trainval/test, from ROOT/fgvc-aircraft-2013b"),
+    (DtdConfig, "Describable Textures, 47 classes, train+val/test of partition 1, from ROOT/dtd/dtd"),
+    (PetsConfig, "Oxford-IIIT Pets, 37 breeds, official trainval/test, from ROOT/oxford-iiit-pet"),
+    (FlowersConfig, "Oxford Flowers-102, 102 classes, train+val/test, from ROOT/flowers-102"),
+]}
 
 
 @rtk.hookimpl
 def register_datasets(register):
     for name, (config, summary) in DATASETS.items():
-        register(name, _loader(name), config=config, summary=summary)
+        register(name, "rtk_plugins.study_datasets.torchvision_data:load", config=config, summary=summary)

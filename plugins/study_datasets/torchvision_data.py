@@ -17,19 +17,14 @@ import torch
 
 from rtk.data import DataSplits, FileImageSet
 from rtk.errors import DataError
-from rtk_plugins.datasets.vision_data import DATA_ENV, _cause, resolve_root
+from rtk_plugins.datasets.vision_data import DATA_ENV, Layout, _cause, read_split, require_files
 
 
 @dataclass(frozen=True)
-class Source:
+class Source(Layout):
     """Where a dataset lives under root, what must be there (a trailing "/" marks a folder), and where to get it."""
 
-    folder: str
-    needs: tuple[str, ...]
     url: str
-
-    def pattern(self) -> str:
-        return f"ROOT/{self.folder}/{{{', '.join(self.needs)}}}"
 
 
 SOURCES = {
@@ -50,7 +45,8 @@ SOURCES = {
     "oxford-pets": Source("oxford-iiit-pet", ("images/", "annotations/trainval.txt", "annotations/test.txt"),
                           "https://www.robots.ox.ac.uk/~vgg/data/pets/ (images.tar.gz and annotations.tar.gz)"),
     "flowers102": Source("flowers-102", ("jpg/", "imagelabels.mat", "setid.mat"),
-                         "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)"),
+                         "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+                         " (102flowers.tgz, imagelabels.mat, setid.mat)"),
 }
 
 
@@ -75,7 +71,8 @@ class LazyImages(torch.utils.data.Dataset):
             return self.base[i]
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{self.name}: cannot read image {i} of {type(self.base).__name__} under "
-                            f"{getattr(self.base, 'root', '?')} ({_cause(exc)}); replace the file with an intact copy") from None
+                            f"{getattr(self.base, 'root', '?')} ({_cause(exc)}); replace the file with an intact"
+                            " copy") from None
 
 
 def labels_of(dataset) -> list[int]:
@@ -92,33 +89,17 @@ def labels_of(dataset) -> list[int]:
 def check_files(name: str, root: str | None, download: bool) -> Path:
     """The data root; without ``download``, every needed file checked first (one DataError)."""
     source = SOURCES[name]
-    base, origin = resolve_root(root, name, f"{source.folder}/...")
-    folder = base / source.folder
-    if not download:
-        missing = [need for need in source.needs
-                   if not ((folder / need).is_dir() if need.endswith("/") else (folder / need).is_file())]
-        if missing:
-            what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
-            raise DataError(f"{name}: dataset files not found in {folder} ({what}; {origin} = {base}); rtk expects "
-                            f"{source.pattern()}: get it from {source.url}, unpack it so that root (or {DATA_ENV}) "
-                            f"holds {source.folder}/, or set download = true on a machine with network access")
-    return base
+    return require_files(name, source, root, download,
+                         f": get it from {source.url}, unpack it so that root (or {DATA_ENV}) holds {source.folder}/,"
+                         " or set download = true on a machine with network access")
 
 
 def open_split(name: str, base: Path, download: bool, build: Callable[[str], object], split: str):
     """``build(root)``, with torchvision's failures turned into one-line DataErrors."""
-    folder = base / SOURCES[name].folder
-    try:
-        return build(str(base))
-    except (DataError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        if download:
-            raise DataError(f"{name}: could not download or read the {split} split into {folder} ({_cause(exc)}); check "
-                            f"the network connection, or fetch the files by hand ({SOURCES[name].url}) and set "
-                            "download = false") from None
-        raise DataError(f"{name}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look corrupt or "
-                        f"incomplete: replace them with intact copies ({SOURCES[name].pattern()})") from None
+    source = SOURCES[name]
+    return read_split(name, split, base / source.folder, download, lambda: build(str(base)),
+                      by_hand=f"fetch the files by hand ({source.url})",
+                      damaged=f"corrupt or incomplete: replace them with intact copies ({source.pattern()})")
 
 
 def transform(image_size: int):
@@ -174,14 +155,15 @@ def joined(name: str, parts: list, names: list[str]) -> FileImageSet:
             own, lookup = class_names(part), {c: i for i, c in enumerate(names)}
             unknown = sorted(set(own) - set(lookup))
             if unknown:
-                raise DataError(f"{name}: a label list names classes the training list lacks ({', '.join(unknown[:5])}); "
-                                "the label files are inconsistent: replace them with intact copies")
+                raise DataError(f"{name}: a label list names classes the training list lacks"
+                                f" ({', '.join(unknown[:5])}); the label files are inconsistent: replace them with"
+                                " intact copies")
             ids = [lookup[own[y]] for y in ids]
         labels += ids
     bad = [y for y in labels if not 0 <= y < len(names)]
     if bad:
-        raise DataError(f"{name}: label {bad[0]} is outside 0..{len(names) - 1}; the annotation files are inconsistent: "
-                        "replace them with intact copies")
+        raise DataError(f"{name}: label {bad[0]} is outside 0..{len(names) - 1}; the annotation files are"
+                        " inconsistent: replace them with intact copies")
     base = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     return FileImageSet(LazyImages(base, name), torch.tensor(labels, dtype=torch.long))
 
@@ -219,6 +201,12 @@ def load_study_dataset(name: str, config) -> DataSplits:
         names = class_names(opened["train"][0])
         train, test = joined(name, opened["train"], names), joined(name, opened["test"], names)
     if len(train) == 0 or len(test) == 0:
-        raise DataError(f"{name}: the {'training' if len(train) == 0 else 'test'} split under {base / SOURCES[name].folder} "
-                        f"is empty; check the annotation files ({SOURCES[name].pattern()})")
+        empty = "training" if len(train) == 0 else "test"
+        raise DataError(f"{name}: the {empty} split under {base / SOURCES[name].folder} is empty; check the annotation"
+                        f" files ({SOURCES[name].pattern()})")
     return DataSplits(train, test, num_classes=len(names), class_names=names, name=name)
+
+
+def load(config) -> DataSplits:
+    """The factory of every study dataset: the one its config class names (``config.dataset``)."""
+    return load_study_dataset(config.dataset, config)

@@ -13,20 +13,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
 
 
 @dataclass
 class TimmConfig:
     """Options of a timm backbone."""
 
-    pretrained: bool = option(False, help="load the pretrained weights of the name's tag from the local Hugging Face cache or the hub (needs network unless cached)")
-    timm_weights: str | None = option(None, path=True, help="local timm-format weights file (a timm state dict as timm or the hub ship it: .safetensors, or a tensor-only torch file); implies pretrained. [source] weights instead takes a checkpoint rtk wrote")
-    input_size: int | None = option(None, min=1, help="images are resized to this size inside the model; default: the pretrained_cfg input size")
-    mean: list[float] | None = option(None, help="per-channel normalization mean inside the model; default: the pretrained_cfg mean")
-    std: list[float] | None = option(None, help="per-channel normalization std inside the model; default: the pretrained_cfg std")
+    pretrained: bool = option(False, help=(
+        "load the pretrained weights of the name's tag from the local"
+        " Hugging Face cache or the hub (needs network unless cached)"))
+    timm_weights: str | None = option(None, path=True, help=(
+        "local timm-format weights file (a timm state dict as timm or the hub ship it: .safetensors, or a"
+        " tensor-only torch file); implies pretrained. [source] weights instead takes a checkpoint rtk wrote"))
+    input_size: int | None = option(None, min=1, help=(
+        "images are resized to this size inside the model; default: the pretrained_cfg input size"))
+    mean: list[float] | None = option(None, help=(
+        "per-channel normalization mean inside the model; default: the pretrained_cfg mean"))
+    std: list[float] | None = option(None, help=(
+        "per-channel normalization std inside the model; default: the pretrained_cfg std"))
     in_chans: int = option(3, min=1, help="image channels (timm adapts the stem of pretrained weights)")
-    model_args: dict[str, Any] = option(default_factory=dict, help="extra keyword arguments for timm.create_model, e.g. {drop_path_rate = 0.1}")
+    model_args: dict[str, Any] = option(default_factory=dict, help=(
+        "extra keyword arguments for timm.create_model, e.g. {drop_path_rate = 0.1}"))
 
     def __post_init__(self):
         if (self.mean is None) != (self.std is None):
@@ -35,16 +43,8 @@ class TimmConfig:
             raise ValueError(f"mean and std need one entry per channel (in_chans = {self.in_chans})")
 
 
-def make_timm(config: TimmConfig, num_classes: int, variant: str | None = None):
-    """A timm model (``timm/<name>``) with resize + normalization inside and a separate linear head."""
-    from rtk_plugins.timm_models.timm_wrap import timm_model
-
-    return timm_model(variant, num_classes, pretrained=config.pretrained, weights=config.timm_weights,
-                      input_size=config.input_size, mean=config.mean, std=config.std,
-                      in_chans=config.in_chans, model_args=config.model_args)
-
-
 @rtk.hookimpl
 def register_source_models(register):
-    register("timm/*", make_timm, config=TimmConfig,
-             summary="Any timm model, e.g. timm/resnet50 or timm/vit_base_patch16_224.augreg_in21k (local weights or HF cache)")
+    register("timm/*", "rtk_plugins.timm_models.timm_wrap:from_config", config=TimmConfig,
+             summary="Any timm model, e.g. timm/resnet50 or timm/vit_base_patch16_224.augreg_in21k"
+                     " (local weights or HF cache)")

@@ -1,4 +1,5 @@
-"""timm backbones under the model contract (Wightman, "PyTorch Image Models", github.com/huggingface/pytorch-image-models).
+"""timm backbones under the model contract (Wightman, "PyTorch Image Models",
+github.com/huggingface/pytorch-image-models).
 
 The body is the timm model with its classifier removed (``reset_classifier(0)``); the
 features z are ``forward_head(forward_features(x), pre_logits=True)``, i.e. exactly what the
@@ -72,7 +73,8 @@ def resolve_name(name: str | None) -> str:
         raise UnknownComponentError(f'unknown timm model "{name}"; {hint}timm.list_models() lists all architectures')
     if tag and name not in timm.list_pretrained(f"{arch}.*"):
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise UnknownComponentError(f'timm model "{arch}" has no pretrained tag "{tag}"; tags: {", ".join(tags) or "(none)"}')
+        raise UnknownComponentError(f'timm model "{arch}" has no pretrained tag "{tag}";'
+                                    f' tags: {", ".join(tags) or "(none)"}')
     return name
 
 
@@ -148,7 +150,8 @@ def _stem_parameters(model: nn.Module, matcher) -> set[str]:
     if not isinstance(matcher, dict) or not matcher.get("stem"):
         return set()
     spec = matcher["stem"]
-    patterns = [s[0] if isinstance(s, (list, tuple)) else s for s in (spec if isinstance(spec, (list, tuple)) else [spec])]
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    patterns = [s[0] if isinstance(s, (list, tuple)) else s for s in specs]
     return {n for n, _ in model.named_parameters() if any(re.match(p, n) for p in patterns)}
 
 
@@ -184,7 +187,8 @@ def _copy_classifier(classifier: nn.Module, feature_dim: int, num_classes: int) 
     weight = getattr(classifier, "weight", None)
     if weight is None or weight.shape[0] != num_classes or weight[0].numel() != feature_dim:
         return None
-    if not isinstance(classifier, (nn.Linear, nn.Conv2d)) or (isinstance(classifier, nn.Conv2d) and weight.shape[2:] != (1, 1)):
+    if not isinstance(classifier, (nn.Linear, nn.Conv2d)) or (
+            isinstance(classifier, nn.Conv2d) and weight.shape[2:] != (1, 1)):
         return None
     head = nn.Linear(feature_dim, num_classes, bias=classifier.bias is not None)
     with torch.no_grad():
@@ -239,7 +243,8 @@ def timm_model(name: str, num_classes: int, *, pretrained: bool = False, weights
     except TypeError as exc:
         if not model_args:
             raise
-        raise RecipeError(f'timm model "{name}": timm.create_model rejected model_args {model_args}: {_one_line(exc)}') from None
+        raise RecipeError(f'timm model "{name}": timm.create_model rejected model_args {model_args}:'
+                          f" {_one_line(exc)}") from None
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         if not loaded:
             raise
@@ -247,7 +252,8 @@ def timm_model(name: str, num_classes: int, *, pretrained: bool = False, weights
         raise WeightsError(f'timm model "{name}": cannot load {where}: {_one_line(exc)}') from None
 
     classifier = model.get_classifier()
-    feature_dim = getattr(classifier, "in_features", None) or getattr(model, "head_hidden_size", None) or model.num_features
+    feature_dim = (getattr(classifier, "in_features", None) or getattr(model, "head_hidden_size", None)
+                   or model.num_features)
     head = _copy_classifier(classifier, feature_dim, num_classes) if loaded else None
     if head is None:
         head = nn.Linear(feature_dim, num_classes)
@@ -271,3 +277,10 @@ def timm_model(name: str, num_classes: int, *, pretrained: bool = False, weights
         if rtk_model.num_classes != num_classes:
             rtk_model.reset_head(num_classes)
     return rtk_model
+
+
+def from_config(config, num_classes: int, variant: str | None = None) -> RtkModel:
+    """The ``timm/*`` factory: timm model ``variant`` with rtk_plugins.timm_models.TimmConfig's options."""
+    return timm_model(variant, num_classes, pretrained=config.pretrained, weights=config.timm_weights,
+                      input_size=config.input_size, mean=config.mean, std=config.std,
+                      in_chans=config.in_chans, model_args=config.model_args)

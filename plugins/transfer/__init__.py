@@ -5,45 +5,47 @@ feature distillation of the same paper lives in rtk_plugins.lwf."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import rtk
-from rtk.config.fields import option
-from rtk.config.schema import TrainConfig
-
-HeadInit = Literal["default", "zeros", "uniform-unit-scaling"]
-
-
-def _reject_augmentation(config, strategy: str) -> None:
-    if config.augment != "none":
-        raise ValueError(f"augment: {strategy} trains on features cached once, so batch augmentation cannot apply;"
-                         ' set augment = "none", or use retrain-last-k or finetune to train on augmented images')
+from rtk.config import BatchNormOptions, HeadOptions, TrainConfig, option
 
 
 @dataclass
-class LinearProbeConfig(TrainConfig):
+class CachedFeatureOptions:
+    """A head trained on the features of the un-augmented training set, computed once: the batch size of
+    that pass, and no batch augmentation."""
+
+    strategy: ClassVar[str]  # the registered name, for the error below
+    feature_batch_size: int = option(512, min=1, help="batch size of the one feature-extraction pass")
+
+    def __post_init__(self):
+        if self.augment != "none":
+            raise ValueError(f"augment: {self.strategy} trains on features cached once, so batch augmentation cannot"
+                             ' apply; set augment = "none", or use retrain-last-k or finetune to train on augmented'
+                             " images")
+
+
+@dataclass
+class LinearProbeConfig(HeadOptions, CachedFeatureOptions, TrainConfig):
     """Linear probe on a frozen source (Shafahi et al., "Adversarially robust transfer
     learning", arXiv:1905.08232, Eq. 2): the backbone runs once in eval mode to cache the
     penultimate features of the un-augmented training set, then a fresh linear head is trained
     on the cache with the optimizer, weight decay and schedule options below.
 
     Defaults: Adam, lr 1e-3, 20 epochs, batch 128, no weight decay, constant rate. The
-    reference code of Table 2 (spec 2a) uses Adam at lr 1e-3 with weight decay 2e-4 on the
+    reference code of Table 2 uses Adam at lr 1e-3 with weight decay 2e-4 on the
     weight only (``weight_decay = 2e-4``, ``decay_bias_and_norm = false``,
     ``head_init = "uniform-unit-scaling"``) and crop-flip augmentation, which cached features
     cannot reproduce; the ImageNet sources (App. A.2) use 50 epochs, lr 0.01, 0.001 from epoch
     30 (``optimizer = "sgd"``, ``schedule = "multistep"``, ``milestones = [30]``)."""
 
+    strategy: ClassVar[str] = "linear-probe"
     epochs: int = option(20, min=0, max=100_000, help="passes over the cached features")
-    head_init: HeadInit = option("default", help="initialisation of the fresh head (uniform-unit-scaling is the TF init of Shafahi et al.'s code)")
-    feature_batch_size: int = option(512, min=1, help="batch size of the one feature-extraction pass")
-
-    def __post_init__(self):
-        _reject_augmentation(self, "linear-probe")
 
 
 @dataclass
-class RetrainLastKConfig(TrainConfig):
+class RetrainLastKConfig(HeadOptions, BatchNormOptions, TrainConfig):
     """Retrain the last k blocks (Shafahi et al., "Adversarially robust transfer learning",
     arXiv:1905.08232, Sec. 3, Fig. 1/2): re-initialise the k deepest blocks (counted from the
     output, k = 1 is the head alone, as rtk.models counts; Madry's WRN-32-10 has 17 blocks) and
@@ -54,23 +56,25 @@ class RetrainLastKConfig(TrainConfig):
     Defaults follow Sec. 3: momentum SGD (0.9), lr 1e-3, pad-4 crop + flip, batch 128 (not
     stated in the paper: the codebase default), 51 epochs (about the paper's 20,000 iterations
     of 128 CIFAR images), no weight decay (not stated). How the paper ran BN in the
-    re-initialised blocks is not stated: ``bn = "train"`` (batch statistics, running statistics
-    updated) by default, ``"frozen-stats"`` keeps the blocks' BN in eval mode (with ``reinit``
-    that means the freshly reset statistics, mean 0 and variance 1)."""
+    re-initialised blocks is not stated: ``bn_stats = "batch"`` (batch statistics, running
+    statistics updated) by default, ``"frozen"`` keeps the blocks' BN in eval mode (with ``reinit``
+    that means the freshly reset statistics, mean 0 and variance 1); BN in earlier layers is always
+    frozen. ``bn_affine_trainable = false`` keeps the BN scales and shifts of the retrained blocks
+    fixed, as CARTL's --freeze-bn plain-transfer baseline does."""
 
-    epochs: int = option(51, min=0, max=100_000, help="passes over the training set (51 x 391 steps ~ the paper's 20,000 iterations on CIFAR)")
+    epochs: int = option(51, min=0, max=100_000, help=(
+        "passes over the training set (51 x 391 steps ~ the paper's 20,000 iterations on CIFAR)"))
     optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", help="optimizer (Sec. 3: momentum SGD)")
     lr: float = option(1e-3, min=0.0, help="learning rate (Sec. 3: 0.001)")
-    augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("crop-flip", help="batch augmentation (Sec. 3: standard pad-4 crop + flip)")
+    augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("crop-flip", help=(
+        "batch augmentation (Sec. 3: standard pad-4 crop + flip)"))
     k: int = option(1, min=1, help="blocks to retrain, counted from the output: 1 = the head alone")
-    reinit: bool = option(True, help="re-initialise the k blocks (reset_parameters of their layers; a fresh head) before training")
-    bn: Literal["train", "frozen-stats"] = option("train", help="BatchNorm inside the retrained blocks: train (batch statistics, running statistics updated) or frozen-stats (eval mode, running statistics kept); BN in earlier layers is always frozen")
-    head_init: HeadInit = option("default", help="initialisation of the fresh head")
-    bn_affine_trainable: bool = option(True, help="train the BatchNorm scale and shift inside the retrained blocks (false: keep them fixed, as CARTL's --freeze-bn plain-transfer baseline does)")
+    reinit: bool = option(True, help=(
+        "re-initialise the k blocks (reset_parameters of their layers; a fresh head) before training"))
 
 
 @dataclass
-class MLPHeadConfig(TrainConfig):
+class MLPHeadConfig(CachedFeatureOptions, TrainConfig):
     """An MLP head on a frozen source (Shafahi et al., "Adversarially robust transfer
     learning", arXiv:1905.08232, Sec. 4.2.1, Fig. 4): the backbone runs once in eval mode to
     cache the features of the un-augmented training set; a head of ``hidden_layers`` x
@@ -83,23 +87,22 @@ class MLPHeadConfig(TrainConfig):
     hyper-parameters for this experiment, so the App. A.2 ones are used: 50 epochs, batch
     128, SGD momentum 0.9, lr 0.01, x0.1 at epoch 30 (the optimizer is not stated either)."""
 
+    strategy: ClassVar[str] = "mlp-head"
     epochs: int = option(50, min=0, max=100_000, help="passes over the cached features (App. A.2: 50)")
     optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", help="optimizer (not stated; SGD momentum 0.9 assumed)")
     lr: float = option(0.01, min=0.0, help="learning rate (App. A.2: 0.01)")
-    schedule: Literal["constant", "cosine", "multistep"] = option("multistep", help="learning-rate schedule (App. A.2: x0.1 at epoch 30)")
-    milestones: list[float] = option(default_factory=lambda: [30.0], help="multistep: epochs at which the rate is multiplied by gamma")
+    schedule: Literal["constant", "cosine", "multistep"] = option("multistep", help=(
+        "learning-rate schedule (App. A.2: x0.1 at epoch 30)"))
+    milestones: list[float] = option(default_factory=lambda: [30.0], help=(
+        "multistep: epochs at which the rate is multiplied by gamma"))
     hidden_layers: int = option(1, min=0, help="hidden layers before the output Linear (0 = a linear head)")
     width: int = option(2048, min=1, help="units of every hidden layer (the paper: 2048)")
     batchnorm: bool = option(False, help="BatchNorm1d after each hidden Linear (the paper's +BN)")
     dropout: float = option(0.0, min=0.0, max=0.99, help="dropout after each hidden ReLU (the paper's +DO uses 0.25)")
-    feature_batch_size: int = option(512, min=1, help="batch size of the one feature-extraction pass")
-
-    def __post_init__(self):
-        _reject_augmentation(self, "mlp-head")
 
 
 @dataclass
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(HeadOptions, BatchNormOptions, TrainConfig):
     """Fine-tune the whole source model on the target with the objective of
     ``[transfer.objective]`` (natural by default), with the BatchNorm policy explicit: the
     baseline Shafahi et al. ("Adversarially robust transfer learning", arXiv:1905.08232)
@@ -107,47 +110,22 @@ class FinetuneConfig(TrainConfig):
 
     Defaults: Adam, lr 1e-3, 10 epochs, batch 128, a fresh head, BN affine parameters trained
     and batch statistics used (running statistics updated). CARTL's ``--freeze-bn`` is
-    ``bn_affine_trainable = false`` with ``bn_stats = "batch"`` (spec 0.4); Shafahi et al.'s
+    ``bn_affine_trainable = false`` with ``bn_stats = "batch"``; Shafahi et al.'s
     TF code keeps the statistics frozen and trains the affine parameters
     (``bn_stats = "frozen"``)."""
 
     reset_head: bool = option(True, help="replace the head with a fresh one sized for the target classes")
-    head_init: HeadInit = option("default", help="initialisation of the fresh head")
-    bn_affine_trainable: bool = option(True, help="train the BatchNorm scales and shifts (false: keep the source's)")
-    bn_stats: Literal["batch", "frozen"] = option("batch", help="BatchNorm statistics: batch (train mode, running statistics updated) or frozen (eval mode: the source's running statistics used and kept)")
-
-
-def make_linear_probe(config: LinearProbeConfig):
-    from rtk_plugins.transfer.probe import LinearProbe
-
-    return LinearProbe(config)
-
-
-def make_retrain_last_k(config: RetrainLastKConfig):
-    from rtk_plugins.transfer.retrain_last_k import RetrainLastK
-
-    return RetrainLastK(config)
-
-
-def make_mlp_head(config: MLPHeadConfig):
-    from rtk_plugins.transfer.mlp_head import MLPHead
-
-    return MLPHead(config)
-
-
-def make_finetune(config: FinetuneConfig):
-    from rtk_plugins.transfer.finetune import Finetune
-
-    return Finetune(config)
 
 
 @rtk.hookimpl
 def register_transfer_strategies(register):
-    register("linear-probe", make_linear_probe, config=LinearProbeConfig,
-             summary="Frozen source, features cached once, fresh linear head trained on them")
-    register("retrain-last-k", make_retrain_last_k, config=RetrainLastKConfig,
-             summary="Re-initialise and retrain the last k blocks, earlier layers frozen in eval mode (Shafahi et al. Sec. 3)")
-    register("mlp-head", make_mlp_head, config=MLPHeadConfig,
+    register("linear-probe", "rtk_plugins.transfer.probe:LinearProbe", config=LinearProbeConfig,
+             takes_objective=False, summary="Frozen source, features cached once, fresh linear head trained on them")
+    register("retrain-last-k", "rtk_plugins.transfer.retrain_last_k:RetrainLastK", config=RetrainLastKConfig,
+             takes_objective=True,
+             summary="Re-initialise and retrain the last k blocks, earlier layers frozen in eval mode"
+                     " (Shafahi et al. Sec. 3)")
+    register("mlp-head", "rtk_plugins.transfer.mlp_head:MLPHead", config=MLPHeadConfig, takes_objective=False,
              summary="Frozen source, features cached once, an MLP head trained on them (Shafahi et al. Sec. 4.2.1)")
-    register("finetune", make_finetune, config=FinetuneConfig,
+    register("finetune", "rtk_plugins.transfer.finetune:Finetune", config=FinetuneConfig, takes_objective=True,
              summary="Fine-tune all weights with an objective, BatchNorm policy explicit")

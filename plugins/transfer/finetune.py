@@ -1,41 +1,22 @@
-"""Fine-tuning with an explicit BatchNorm policy (FinetuneConfig), and the BN helpers the other
-transfer strategies share."""
+"""Fine-tuning with an explicit BatchNorm policy: see rtk_plugins.transfer.FinetuneConfig."""
 from __future__ import annotations
 
-from torch import nn
-
 from rtk.stages.training import CrossEntropy, fit
-from rtk.stages.strategy import TransferStrategy, set_trainable
+from rtk.stages.strategy import set_trainable
+from rtk_plugins.transfer.base import Strategy
+from rtk_plugins.transfer.batchnorm import freeze_bn_affine, train_mode
+from rtk_plugins.transfer.heads import new_head
 
 
-def bn_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def freeze_bn_stats(module: nn.Module) -> None:
-    """Eval mode for every BatchNorm in ``module``: running statistics used, never updated."""
-    for bn in bn_layers(module):
-        bn.eval()
-
-
-class Finetune(TransferStrategy):
-    def __init__(self, config):
-        self.config = config
-
+class Finetune(Strategy):
     def transfer(self, model, data, ctx, objective=None):
         cfg = self.config
         set_trainable(model, True)
         if cfg.reset_head or model.num_classes != data.num_classes:
-            model.reset_head(data.num_classes, cfg.head_init)
+            new_head(model, data.num_classes, cfg.head_init)
         if not cfg.bn_affine_trainable:
-            for bn in bn_layers(model):
-                set_trainable(bn, False)
-
-        def set_mode(m):
-            m.train()
-            if cfg.bn_stats == "frozen":
-                freeze_bn_stats(m)
-
-        fit(model, data.train, objective or CrossEntropy(), cfg, ctx, description="fine-tune", set_mode=set_mode)
+            freeze_bn_affine(model)
+        fit(model, data.train, objective or CrossEntropy(), cfg, ctx, description="fine-tune",
+            set_mode=lambda m: train_mode(m, cfg.bn_stats))
         model.eval()
         return model

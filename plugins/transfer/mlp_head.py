@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from rtk.errors import RtkError
-from rtk.stages.training import CrossEntropy, fit
-from rtk.stages.strategy import TransferStrategy, compute_features, set_trainable
+from rtk_plugins.transfer.base import Strategy, refuse_objective
+from rtk_plugins.transfer.heads import train_head_on_features
 
 
 def mlp_head(in_features: int, num_classes: int, hidden_layers: int, width: int, batchnorm: bool,
@@ -27,31 +27,24 @@ def mlp_head(in_features: int, num_classes: int, hidden_layers: int, width: int,
     return nn.Sequential(*layers)
 
 
-class MLPHead(TransferStrategy):
-    def __init__(self, config):
-        self.config = config
-
+class MLPHead(Strategy):
     def build_head(self, model, num_classes: int) -> nn.Module:
         cfg = self.config
         device = next(model.parameters()).device
-        return mlp_head(model.feature_dim, num_classes, cfg.hidden_layers, cfg.width, cfg.batchnorm, cfg.dropout).to(device)
+        head = mlp_head(model.feature_dim, num_classes, cfg.hidden_layers, cfg.width, cfg.batchnorm, cfg.dropout)
+        return head.to(device)
 
     def rebuild(self, model, num_classes: int):
         model.head = self.build_head(model, num_classes)
         return model
 
     def transfer(self, model, data, ctx, objective=None):
-        if objective is not None:
-            raise RtkError("[transfer.objective]: mlp-head trains on cached clean features, so only natural training applies;"
-                           " drop [transfer.objective] or use finetune")
+        refuse_objective(objective, "mlp-head trains on cached clean features, so only natural training applies;"
+                                    " drop [transfer.objective] or use finetune")
         cfg = self.config
         if cfg.batchnorm and cfg.hidden_layers and len(data.train) % cfg.batch_size == 1:
-            raise RtkError(f"mlp-head: {len(data.train)} training examples in batches of {cfg.batch_size} leave a last batch"
-                           " of one, which BatchNorm cannot normalise; change batch_size")
-        model.eval()
-        set_trainable(model, False)
-        features = compute_features(model, data.train, ctx, cfg.feature_batch_size, "features (train)")
-        head = self.rebuild(model, data.num_classes).head
-        fit(head, features, CrossEntropy(), cfg, ctx, description="mlp head")
+            raise RtkError(f"mlp-head: {len(data.train)} training examples in batches of {cfg.batch_size} leave a last"
+                           " batch of one, which BatchNorm cannot normalise; change batch_size")
+        train_head_on_features(model, data, ctx, cfg, lambda: self.rebuild(model, data.num_classes).head, "mlp head")
         model.eval()
         return model

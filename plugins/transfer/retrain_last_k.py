@@ -6,8 +6,10 @@ from torch import nn
 
 from rtk.errors import RtkError
 from rtk.stages.training import CrossEntropy, fit
-from rtk.stages.strategy import TransferStrategy, set_trainable
-from rtk_plugins.transfer.finetune import bn_layers, freeze_bn_stats
+from rtk.stages.strategy import set_trainable
+from rtk_plugins.transfer.base import Strategy
+from rtk_plugins.transfer.batchnorm import freeze_bn_affine, train_mode
+from rtk_plugins.transfer.heads import new_head
 
 
 def reinitialise(block: nn.Module, name: str) -> None:
@@ -24,10 +26,7 @@ def reinitialise(block: nn.Module, name: str) -> None:
                        f"{' ...' if len(left) > 3 else ''}; set reinit = false to retrain it from the source weights")
 
 
-class RetrainLastK(TransferStrategy):
-    def __init__(self, config):
-        self.config = config
-
+class RetrainLastK(Strategy):
     def transfer(self, model, data, ctx, objective=None):
         cfg = self.config
         count = len(model.blocks)
@@ -36,7 +35,7 @@ class RetrainLastK(TransferStrategy):
                            f" choose k between 1 and {count}")
         set_trainable(model, False)
         if cfg.reinit or model.num_classes != data.num_classes:
-            model.reset_head(data.num_classes, cfg.head_init)
+            new_head(model, data.num_classes, cfg.head_init)
         body_blocks = list(zip(model.block_names, model.blocks[:-1]))[count - cfg.k:]
         if cfg.reinit:
             for name, block in body_blocks:
@@ -45,15 +44,12 @@ class RetrainLastK(TransferStrategy):
         for block in trained:
             set_trainable(block, True)
             if not cfg.bn_affine_trainable:
-                for bn in bn_layers(block):
-                    set_trainable(bn, False)
+                freeze_bn_affine(block)
 
         def set_mode(m):
             m.eval()  # the frozen layers' BN keeps the source statistics, dropout stays off
             for block in trained:
-                block.train()
-                if cfg.bn == "frozen-stats":
-                    freeze_bn_stats(block)
+                train_mode(block, cfg.bn_stats)
 
         params = [p for block in trained for p in block.parameters()]
         fit(model, data.train, objective or CrossEntropy(), cfg, ctx, params=params,

@@ -82,11 +82,13 @@ class Resolver:
         try:
             return self._fix_paths(build_config(cls, table or {}, also_valid))
         except ConfigValueError as exc:
-            raise self.fail(name, f"{exc.key + ': ' if exc.key and 'unknown key' not in str(exc) else ''}{exc}") from None
+            prefix = f"{exc.key}: " if exc.key and "unknown key" not in str(exc) else ""
+            raise self.fail(name, f"{prefix}{exc}") from None
 
     def component(self, kind: str, table: dict, name: str, selector: str, reserved=()) -> ComponentSpec:
         if selector not in table:
-            raise self.fail(name, f'missing key "{selector}": the {KINDS[kind][1]} to use; choices: {", ".join(self.registry.names(kind))}')
+            raise self.fail(name, f'missing key "{selector}": the {KINDS[kind][1]} to use; choices:'
+                                  f' {", ".join(self.registry.names(kind))}')
         chosen = table[selector]
         if not isinstance(chosen, str):
             raise self.fail(name, f"{selector}: expected the name of a {KINDS[kind][1]} (a string), got {chosen!r}")
@@ -115,7 +117,8 @@ class Resolver:
 
     def source(self, raw: dict) -> SourceSpec:
         table = self.table(raw, "source", required=True)
-        model = self.component("model", table, "source", "model", ("weights", "num_classes", "data", "train", "objective", "label"))
+        model = self.component("model", table, "source", "model",
+                               ("weights", "num_classes", "data", "train", "objective", "label"))
         spec = SourceSpec(model)
         weights = table.get("weights")
         if weights is not None:
@@ -123,14 +126,18 @@ class Resolver:
                 raise self.fail("source", f"weights: expected a file path (string), got {weights!r}")
             spec.weights = (self.recipe.folder / Path(weights).expanduser())
             if not spec.weights.is_file():
-                raise self.fail("source", f"weights: file {spec.weights} does not exist; give a safetensors or torch weights file, or drop weights and add [source.train] to train the source here")
+                raise self.fail("source", f"weights: file {spec.weights} does not exist; give a safetensors or torch"
+                                          " weights file, or drop weights and add [source.train] to train the source"
+                                          " here")
         num_classes = table.get("num_classes")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
             raise self.fail("source", f"num_classes: expected a positive integer, got {num_classes!r}")
         spec.num_classes = num_classes
         data, train = self.table(table, "data"), self.table(table, "train")
         if (data is None) != (train is None):
-            raise self.fail("source", "training a source needs both [source.data] (dataset) and [source.train] (epochs, lr, ...); give both or neither")
+            raise self.fail("source", "training a source needs both [source.data] (dataset) and [source.train]"
+                                      " (epochs, lr, ...); give both or neither")
         if data is not None:
             spec.data = self.component("dataset", data, "source.data", "dataset")
             spec.train = self.plain(TrainConfig, train, "source.train")
@@ -154,26 +161,36 @@ class Resolver:
             transfer = self.component("strategy", transfer_table, "transfer", "strategy", ("objective",))
             objective_table = self.table(transfer_table, "objective")
             if objective_table is not None:
+                if not transfer.component.trait("takes_objective"):
+                    takers = [n for n in self.registry.names("strategy")
+                              if self.registry.get("strategy", n).trait("takes_objective")]
+                    raise self.fail("transfer.objective", f'strategy "{transfer.name}" does not train with an'
+                                    " objective, so it would ignore this table; drop [transfer.objective], or use a"
+                                    f' strategy that takes one: {", ".join(takers) or "none installed"}')
                 objective = self.component("objective", objective_table, "transfer.objective", "name")
         eval_table = dict(self.table(raw, "eval") or {})
         attack_tables = eval_table.pop("attacks", [])
         if not isinstance(attack_tables, list) or not all(isinstance(t, dict) for t in attack_tables):
             raise self.fail("eval", "attacks must be an array of tables ([[eval.attacks]])")
         evaluation = self.plain(EvalConfig, eval_table, "eval", ("attacks",))
-        attacks = [self.component("attack", t, f"eval.attacks.{i}", "name", ("label",)) for i, t in enumerate(attack_tables)]
+        attacks = [self.component("attack", t, f"eval.attacks.{i}", "name", ("label",))
+                   for i, t in enumerate(attack_tables)]
         labels = {}
         for spec in attacks:
             if not isinstance(spec.label, str):
                 raise self.fail(spec.table, f"label: expected a string, got {spec.label!r}")
             spec.label = spec.label or spec.name
             if spec.label in ("clean", "robust") or spec.label in labels:
-                raise self.fail(spec.table, f'label "{spec.label}" is already used; give each attack a distinct label (e.g. label = "PGD-20")')
+                raise self.fail(spec.table, f'label "{spec.label}" is already used; give each attack a distinct label'
+                                            ' (e.g. label = "PGD-20")')
             labels[spec.label] = spec
         certify_table = self.table(raw, "certify")
-        certify = self.component("certifier", certify_table, "certify", "certifier") if certify_table is not None else None
+        certify = (self.component("certifier", certify_table, "certify", "certifier") if certify_table is not None
+                   else None)
         if target is None and (attacks or certify):
             raise self.fail("target", "is missing: evaluation and certification need a [target] dataset")
-        return RunSpec(point.id, point.params, raw, run, source, target, transfer, objective, evaluation, attacks, certify)
+        return RunSpec(point.id, point.params, raw, run, source, target, transfer, objective, evaluation, attacks,
+                       certify)
 
 
 def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:

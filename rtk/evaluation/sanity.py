@@ -1,8 +1,12 @@
 """Sanity flags: cheap checks, in the spirit of AutoAttack's, that an evaluation is trustworthy.
 
 Every check runs on a small sample the caller chooses and costs at most one extra run of each
-attack. A check that does not apply (an attack that declares no eps or steps to vary, a value
-the config rejects, a threat model Square does not cover) is skipped, never flagged.
+attack. The config fields a check may vary (by role: eps, steps, restarts) and whether an attack
+is the black-box reference are what the attack declared when it registered (its ``sanity_fields``
+and ``black_box`` traits, rtk.registry.TRAITS["attack"]; SanityAttack.of reads them), never guessed
+from field names or labels. A check that does not apply (an attack that declares no eps or steps
+to vary, a value the config rejects, a threat model Square does not cover) is skipped, never
+flagged.
 
 Rules and thresholds are documented for users in docs/sanity-flags.md; keep the two in step.
 """
@@ -39,6 +43,27 @@ class SanityAttack:
         return cls(spec.label, spec.config, lambda config: spec.component.factory(config, **variant),
                    dict(spec.component.trait("sanity_fields")), bool(spec.component.trait("black_box")))
 
+    @classmethod
+    def registered(cls, name: str, config=None, label: str | None = None, registry=None) -> "SanityAttack":
+        """The sanity view of the registered attack ``name`` with ``config`` (default: its defaults),
+        labelled ``label`` (default: ``name``), as a recipe naming it would give."""
+        from rtk.config.spec import ComponentSpec
+        from rtk.registry import default_registry
+
+        component, variant = (registry or default_registry()).resolve("attack", name)
+        config = component.config() if config is None else config
+        return cls.of(ComponentSpec(component, config, variant, "eval.attacks", label or name))
+
+    def field(self, role: str) -> str | None:
+        """The config field the attack declared for ``role`` ("eps", "steps", "restarts"), or None."""
+        name = self.sanity_fields.get(role)
+        return name if name is not None and hasattr(self.config, name) else None
+
+    def value(self, role: str):
+        """The configured value of the field declared for ``role``, or None."""
+        name = self.field(role)
+        return getattr(self.config, name) if name is not None else None
+
 
 LARGE_EPS_MAX_ACCURACY = 0.10  # at least; the threshold is max(this, 1 / number of classes)
 ZERO_GRADIENT_MAX_FRACTION = 0.05
@@ -72,8 +97,9 @@ def flag(name: str, message: str) -> dict:
 
 
 def is_black_box(attack: SanityAttack) -> bool:
-    """Square attacks are the gradient-free reference the white-box attacks are compared with."""
-    return "square" in attack.label.lower() or "square" in type(attack.config).__name__.lower()
+    """Attacks declared ``black_box`` (Square) are the gradient-free reference the white-box attacks are
+    compared with."""
+    return attack.black_box
 
 
 def noise(n: int) -> float:
@@ -94,17 +120,22 @@ def seeded(ctx: RunContext):
 
 
 def rebuild(attack: SanityAttack, **changes):
-    """The attack rebuilt with changed config fields, or None where the config lacks a field or rejects a value."""
+    """The attack rebuilt with changed values by role ("eps", "steps", "restarts": each written to the config
+    field the attack declared for it), or None where the attack declares no such field, the config lacks it or
+    rejects a value."""
     config = attack.config
     if not dataclasses.is_dataclass(config):
         return None
+    names = {role: attack.field(role) for role in changes}
+    if None in names.values():
+        return None
     fields = {f.name: f for f in dataclasses.fields(config)}
-    for name, value in changes.items():
-        meta = fields[name].metadata if name in fields else None
+    for role, value in changes.items():
+        meta = fields[names[role]].metadata if names[role] in fields else None
         if meta is None or value < meta.get("min", value) or value > meta.get("max", value):
             return None
     try:
-        return attack.build(dataclasses.replace(config, **changes))
+        return attack.build(dataclasses.replace(config, **{names[role]: value for role, value in changes.items()}))
     except (ValueError, TypeError, RtkError):  # the config's own validation refused the value
         return None
 
@@ -165,12 +196,12 @@ def check_gradients(sample: Sample) -> list[dict]:
     zero = int((grad.flatten(1).abs().sum(1) == 0).sum())
     if zero <= ZERO_GRADIENT_MAX_FRACTION * sample.n:
         return []
-    return [flag("zero-gradients", f"{zero / sample.n:.3f} of the sample ({zero}/{sample.n} images) has an exactly zero "
-                 f"cross-entropy input gradient (threshold {ZERO_GRADIENT_MAX_FRACTION:g})")]
+    return [flag("zero-gradients", f"{zero / sample.n:.3f} of the sample ({zero}/{sample.n} images) has an exactly"
+                 f" zero cross-entropy input gradient (threshold {ZERO_GRADIENT_MAX_FRACTION:g})")]
 
 
 def check_eps_zero(sample: Sample, attack: SanityAttack) -> list[dict]:
-    if not hasattr(attack.config, "eps") or (built := rebuild(attack, eps=0.0)) is None:
+    if attack.field("eps") is None or (built := rebuild(attack, eps=0.0)) is None:
         return []
     correct, delta = sample.run(built)
     if correct == sample.clean:
@@ -186,7 +217,7 @@ def larger_eps(norm: str, eps: float) -> float:
 
 
 def check_large_eps(sample: Sample, attack: SanityAttack) -> list[dict]:
-    eps = getattr(attack.config, "eps", None)
+    eps = attack.value("eps")
     if not isinstance(eps, (int, float)):
         return []
     norm = getattr(attack.config, "norm", None) or getattr(sample.built(attack), "norm", "Linf")
@@ -202,18 +233,19 @@ def check_large_eps(sample: Sample, attack: SanityAttack) -> list[dict]:
 
 
 def check_more_steps(sample: Sample, attack: SanityAttack) -> list[dict]:
-    config, changes = attack.config, {}
-    if isinstance(getattr(config, "steps", None), int) and config.steps > 0:
-        changes["steps"] = 2 * config.steps
-    if isinstance(getattr(config, "restarts", None), int):
-        changes["restarts"] = config.restarts + 1
+    changes = {}  # by role; the declared fields' values decide which apply
+    steps, restarts = attack.value("steps"), attack.value("restarts")
+    if isinstance(steps, int) and steps > 0:
+        changes["steps"] = 2 * steps
+    if isinstance(restarts, int):
+        changes["restarts"] = restarts + 1
     if not changes or (built := rebuild(attack, **changes)) is None:
         return []
     base = sample.baseline(attack)
     correct, _ = sample.run(built)
     if correct - base <= noise(sample.n):
         return []
-    stronger = ", ".join(f"{k} {getattr(config, k)}->{v}" for k, v in changes.items())
+    stronger = ", ".join(f"{attack.field(role)} {attack.value(role)}->{v}" for role, v in changes.items())
     return [flag("more-steps", f'"{attack.label}" with {stronger} leaves accuracy {_frac(correct, sample.n)}, up from '
                  f"{_frac(base, sample.n)}")]
 
@@ -232,7 +264,7 @@ def run_square(sample: Sample, norm: str, eps: float) -> int:
 
 
 def threat(attack: SanityAttack) -> tuple:
-    return getattr(attack.config, "norm", None), getattr(attack.config, "eps", None)
+    return getattr(attack.config, "norm", None), attack.value("eps")
 
 
 def check_black_box(sample: Sample, attacks: list[SanityAttack], metrics: dict[str, float]) -> list[dict]:
@@ -241,7 +273,8 @@ def check_black_box(sample: Sample, attacks: list[SanityAttack], metrics: dict[s
     if listed:  # the evaluation already ran Square on more examples: compare its own numbers, as AutoAttack does
         flags = []
         for square in listed:
-            rivals = [a for a in white if a.label in metrics and (threat(square)[0] is None or threat(a) == threat(square))]
+            rivals = [a for a in white
+                      if a.label in metrics and (threat(square)[0] is None or threat(a) == threat(square))]
             if not rivals:
                 continue
             best = min(rivals, key=lambda a: metrics[a.label])
@@ -261,8 +294,9 @@ def check_black_box(sample: Sample, attacks: list[SanityAttack], metrics: dict[s
     square = run_square(sample, norm, eps)
     if best - square <= noise(sample.n):
         return []
-    return [flag("black-box-beats-white-box", f"Square ({SQUARE_QUERIES} queries, {norm} eps={eps:.3g}) leaves accuracy "
-                 f'{_frac(square, sample.n)}, below the best white-box attack "{label}" at {_frac(best, sample.n)}')]
+    return [flag("black-box-beats-white-box", f"Square ({SQUARE_QUERIES} queries, {norm} eps={eps:.3g}) leaves"
+                 f' accuracy {_frac(square, sample.n)}, below the best white-box attack "{label}" at'
+                 f" {_frac(best, sample.n)}")]
 
 
 def sanity_checks(model, images: torch.Tensor, labels: torch.Tensor, attacks: list[SanityAttack],

@@ -8,16 +8,15 @@ from torch import nn
 
 from rtk.evaluation.attacks import Attack, model_mode
 from rtk.augment import augment
-from rtk.config.fields import build_config
 from rtk.errors import RtkError, WeightsError
 from rtk.evaluation.robust_accuracy import check_threat_model, select_indices
 from rtk.models import load_weights, read_state_dict, save_weights
-from rtk_plugins.models import SmallCNNConfig, make_small_cnn
+from tests.helpers import build
 
 
 def small(num_classes=5):
     torch.manual_seed(0)
-    return make_small_cnn(build_config(SmallCNNConfig, {"channels": [4, 8], "feature_dim": 16}), num_classes)
+    return build("model", "small-cnn", {"channels": [4, 8], "feature_dim": 16}, num_classes=num_classes)
 
 
 def test_small_cnn_follows_the_contract():

@@ -22,7 +22,7 @@ from rtk.config.schema import EvalConfig
 from rtk.registry import registry_with, using
 from rtk.stages.runner import Runner
 from rtk.stages.source import SourceStage
-from tests.helpers import quiet_context
+from tests.helpers import build, quiet_context
 from tests.helpers import TINY_RECIPE
 from tests.helpers import kill_cli_at_marker
 
@@ -80,9 +80,9 @@ class HangingPGD(Attack):
     calls = 0
 
     def __init__(self, config):
-        from rtk_plugins.attacks import make_pgd
+        from rtk_plugins.attacks.pgd import PGDAttack
 
-        self.pgd = make_pgd(config)
+        self.pgd = PGDAttack(config)
         self.norm, self.eps = self.pgd.norm, self.pgd.eps
 
     def perturb(self, model, images, labels):
@@ -122,16 +122,14 @@ def clear_records():
 
 @pytest.fixture(scope="module")
 def digits():
-    from rtk_plugins.datasets import DigitsConfig, make_digits
+    from rtk_plugins.datasets import DigitsConfig
 
     config = DigitsConfig(classes=[5, 6, 7, 8, 9])
-    return apply_options(make_digits(config), config)
+    return apply_options(build("dataset", "digits"), config)
 
 
 def small_cnn(num_classes=5):
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
-
-    return make_small_cnn(SmallCNNConfig(channels=[8, 16], feature_dim=32), num_classes)
+    return build("model", "small-cnn", {"channels": [8, 16], "feature_dim": 32}, num_classes=num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +188,10 @@ def test_attack_order(order, trained, fake_registry, cli, tmp_path):
 
 def test_per_class_matches_a_hand_computation(trained, digits):
     model, _ = trained
-    from rtk_plugins.attacks import PGDConfig, make_pgd
+    from rtk_plugins.attacks import PGDConfig
+    from rtk_plugins.attacks.pgd import PGDAttack
 
-    attacks = [("PGD", make_pgd(PGDConfig(eps=0.1, steps=3)))]
+    attacks = [("PGD", PGDAttack(PGDConfig(eps=0.1, steps=3)))]
     labels = digits.test.labels
     indices = (labels <= 1).nonzero().flatten()[:30]  # classes 2-4 absent
     config = EvalConfig(batch_size=8, per_class=True)
@@ -216,11 +215,12 @@ def test_per_class_in_results(trained, cli, tmp_path):
 
 def test_per_batch_seeding_makes_examples_independent(trained, digits, fake_registry):
     model, _ = trained
-    from rtk_plugins.attacks import PGDConfig, make_pgd
+    from rtk_plugins.attacks import PGDConfig
+    from rtk_plugins.attacks.pgd import PGDAttack
 
     def attacks():
         return [("random", fake_registry.get("attack", "breaker").factory(FakeConfig(fool=0.5, random=True))),
-                ("PGD", make_pgd(PGDConfig(eps=0.15, steps=2)))]
+                ("PGD", PGDAttack(PGDConfig(eps=0.15, steps=2)))]
 
     def run(indices, seed=0):
         result = evaluate(model, digits.test, attacks(), ctx(seed), EvalConfig(batch_size=10), torch.tensor(indices))
@@ -248,14 +248,15 @@ def test_flags_reach_results(trained, fake_registry, cli, tmp_path):
 
 def test_sanity_flags_appear_when_on(trained, digits):
     from rtk.evaluation.sanity import SanityAttack
-    from rtk_plugins.attacks import PGDConfig, make_pgd
+    from rtk_plugins.attacks import PGDConfig
+    from rtk_plugins.attacks.pgd import PGDAttack
 
     config = PGDConfig(eps=0.1, steps=2)
     noisy = torch.nn.Sequential(trained[0], NoisyLogits())  # a random forward pass: the checks must say so
     try:
-        result = evaluate(noisy, digits.test, [("PGD", make_pgd(config))], ctx(),
+        result = evaluate(noisy, digits.test, [("PGD", PGDAttack(config))], ctx(),
                           EvalConfig(batch_size=10, sanity_n=10), torch.arange(20),
-                          sanity_attacks=[SanityAttack("PGD", config, make_pgd)])
+                          sanity_attacks=[SanityAttack.registered("pgd", config, label="PGD")])
     except NotImplementedError:
         pytest.skip("rtk.evaluation.sanity.sanity_checks is not implemented yet")
     assert result["flags"] and all({"name", "message"} <= set(flag) for flag in result["flags"])

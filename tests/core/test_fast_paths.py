@@ -13,6 +13,7 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.strategy import compute_features
+from tests.helpers import build
 from tests.helpers import TINY_RECIPE, quiet_context
 
 RECIPE = TINY_RECIPE.replace("n = 60", "n = 60\nsanity = false")
@@ -24,17 +25,12 @@ def run(path, out, *overrides):
 
 
 def small_cnn():
-    from rtk.config.fields import build_config
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
-
     torch.manual_seed(0)
-    return make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), 10).eval()
+    return build("model", "small-cnn", {"channels": [8, 16], "feature_dim": 32}, num_classes=10).eval()
 
 
 def digits():
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-
-    return make_digits(DigitsConfig())
+    return build("dataset", "digits")
 
 
 @pytest.mark.parametrize("key, value, words", [("amp", '"fp16"', '"off" | "bf16"'), ("workers", "-1", "workers"),

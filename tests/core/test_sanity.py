@@ -1,6 +1,7 @@
 """Sanity flags (rtk.evaluation.sanity): a healthy model raises none; masked, random and buggy setups raise theirs."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -11,8 +12,9 @@ from torch import nn
 from rtk.evaluation.attacks import Attack
 from rtk.config.fields import option
 from rtk.evaluation.sanity import SanityAttack, sanity_checks
-from rtk.evaluation.sanity import Sample, check_black_box
-from rtk_plugins.attacks import PGDConfig, make_pgd
+from rtk.evaluation.sanity import Sample, check_black_box, is_black_box, rebuild
+from rtk_plugins.attacks import PGDConfig
+from rtk_plugins.attacks.pgd import PGDAttack
 from tests.helpers import quiet_context
 from tests.helpers import train_digits_cnn
 
@@ -36,7 +38,11 @@ def ctx():
 
 
 def pgd(eps=EPS, steps=10):
-    return SanityAttack("PGD-10", PGDConfig(eps=eps, steps=steps), make_pgd)
+    """The registered pgd, with the sanity fields it declares (eps, steps, restarts)."""
+    return SanityAttack.registered("pgd", PGDConfig(eps=eps, steps=steps), label="PGD-10")
+
+
+EPS_FIELD = {"eps": "eps"}
 
 
 def names(flags):
@@ -78,9 +84,10 @@ class BoundedEpsConfig:
 
 class IgnoresEps(Attack):
     norm = "L0"  # a threat model Square does not cover, so the black-box check skips it and the test stays fast
+    field = "eps"  # the config field it reads its budget from
 
     def __init__(self, config):
-        self.eps = config.eps
+        self.eps = getattr(config, self.field)
 
     def perturb(self, model, images, labels):
         return swap(images, labels, len(images))
@@ -95,8 +102,10 @@ class StepsConfig:
 class WeakerWithSteps(Attack):
     """Fools len/steps examples: doubling steps halves its success, a broken optimiser in miniature."""
 
+    field = "steps"  # the config field it reads its steps from
+
     def __init__(self, config):
-        self.steps = config.steps
+        self.steps = getattr(config, self.field)
 
     def perturb(self, model, images, labels):
         return swap(images, labels, len(images) // self.steps)
@@ -139,19 +148,22 @@ def test_random_forward_raises_nondeterministic_forward_repeatably(trained, ctx)
 def test_attack_that_ignores_eps_zero_raises_eps_zero(trained, ctx):
     model, images, labels = trained
     clean = Sample(model, images, labels, ctx).clean  # 91 here
-    flags = sanity_checks(model, images, labels, [SanityAttack("fake", IgnoresEpsConfig(), IgnoresEps)], {}, ctx)
+    fake = SanityAttack("fake", IgnoresEpsConfig(), IgnoresEps, EPS_FIELD)
+    flags = sanity_checks(model, images, labels, [fake], {}, ctx)
     assert names(flags) == ["eps-zero"]  # large-eps passes: the fake fools everything at any eps
     assert f'"fake" with eps=0 leaves accuracy 0.000 (0/{N}) against clean {clean / N:.3f} ({clean}/{N})' \
         in flags[0]["message"]
     # A config that refuses eps=0 (and eps=0.4) skips both eps checks rather than flagging.
-    assert sanity_checks(model, images, labels, [SanityAttack("fake", BoundedEpsConfig(), IgnoresEps)], {}, ctx) == []
+    bounded = SanityAttack("fake", BoundedEpsConfig(), IgnoresEps, EPS_FIELD)
+    assert sanity_checks(model, images, labels, [bounded], {}, ctx) == []
 
 
 def test_accuracy_rising_with_steps_raises_more_steps(trained, ctx):
     model, images, labels = trained
     clean = Sample(model, images, labels, ctx).clean
     # steps 4 fools clean // 4 examples (22 of 91 here), steps 8 only clean // 8 (11); no eps field, no eps checks.
-    flags = sanity_checks(model, images, labels, [SanityAttack("fake", StepsConfig(), WeakerWithSteps)], {}, ctx)
+    fake = SanityAttack("fake", StepsConfig(), WeakerWithSteps, {"steps": "steps", "restarts": "restarts"})
+    flags = sanity_checks(model, images, labels, [fake], {}, ctx)
     assert names(flags) == ["more-steps"]
     weak, strong = clean - clean // 8, clean - clean // 4
     assert (f'"fake" with steps 4->8, restarts 1->2 leaves accuracy {weak / N:.3f} ({weak}/{N}), up from '
@@ -160,10 +172,57 @@ def test_accuracy_rising_with_steps_raises_more_steps(trained, ctx):
 
 def test_listed_square_is_compared_through_the_evaluation_metrics(trained, ctx):
     model, images, labels = trained
-    square = SanityAttack("Square-5000", PGDConfig(eps=EPS), make_pgd)  # only its label and threat model matter
-    other_threat = SanityAttack("PGD-L2", PGDConfig(norm="L2", eps=0.5), make_pgd)
+    # Only its declared black_box and its threat model matter.
+    square = SanityAttack("Square-5000", PGDConfig(eps=EPS), PGDAttack, EPS_FIELD, black_box=True)
+    other_threat = SanityAttack.registered("pgd", PGDConfig(norm="L2", eps=0.5), label="PGD-L2")
     sample = Sample(model, images, labels, ctx)
     metrics = {"PGD-10": 0.40, "PGD-L2": 0.10, "Square-5000": 0.30}
     flags = check_black_box(sample, [pgd(), other_threat, square], metrics)
     assert names(flags) == ["black-box-beats-white-box"] and '"PGD-10" (0.400)' in flags[0]["message"]
     assert check_black_box(sample, [pgd(), other_threat, square], metrics | {"Square-5000": 0.395}) == []
+
+
+# ---------------------------------------------------------------- declared traits
+
+
+# The fakes above with their eps and steps fields under other names: only a declaration says what they are.
+RadiusConfig = dataclasses.make_dataclass("RadiusConfig", [("radius", float, EPS)])
+IterationsConfig = dataclasses.make_dataclass("IterationsConfig", [("iterations", int, 4)])
+
+
+class IgnoresRadius(IgnoresEps):
+    field = "radius"
+
+
+class WeakerWithIterations(WeakerWithSteps):
+    field = "iterations"
+
+
+@pytest.mark.parametrize("config, attack, declared, message", [
+    (RadiusConfig(), IgnoresRadius, {"eps": "radius"}, ("eps-zero", '"fake" with eps=0 leaves')),
+    (IterationsConfig(), WeakerWithIterations, {"steps": "iterations"}, ("more-steps", "with iterations 4->8 leaves")),
+], ids=["eps", "steps"])
+def test_checks_vary_the_declared_fields_whatever_their_names(trained, ctx, config, attack, declared, message):
+    model, images, labels = trained
+    flags = sanity_checks(model, images, labels, [SanityAttack("fake", config, attack, declared)], {}, ctx)
+    assert names(flags) == [message[0]] and message[1] in flags[0]["message"]
+    # Undeclared, the same fields are never varied: those checks are skipped.
+    assert sanity_checks(model, images, labels, [SanityAttack("fake", config, attack)], {}, ctx) == []
+
+
+def test_black_box_is_what_the_attack_declares_not_its_label(trained, ctx):
+    model, images, labels = trained
+    assert is_black_box(SanityAttack.registered("square"))
+    assert not is_black_box(SanityAttack.registered("pgd", label="square-ish PGD"))
+    searcher = SanityAttack("Random-search", PGDConfig(eps=EPS), PGDAttack, EPS_FIELD, black_box=True)
+    metrics = {"PGD-10": 0.40, "Random-search": 0.30}
+    flags = check_black_box(Sample(model, images, labels, ctx), [pgd(), searcher], metrics)
+    assert names(flags) == ["black-box-beats-white-box"] and '"Random-search" accuracy 0.300' in flags[0]["message"]
+
+
+def test_rebuild_takes_roles_and_writes_the_declared_fields():
+    declared = SanityAttack("fake", RadiusConfig(), IgnoresRadius, {"eps": "radius"})
+    assert rebuild(declared, eps=0.0).eps == 0.0  # written to radius
+    assert rebuild(declared, steps=8) is None  # a role the attack does not declare
+    missing = SanityAttack("fake", RadiusConfig(), IgnoresRadius, {"eps": "eps"})
+    assert rebuild(missing, eps=0.0) is None  # a declared field the config lacks

@@ -61,6 +61,23 @@ def plugin(monkeypatch):
     return importlib.import_module("rtk_plugin_example")
 
 
+def registered(plugin, kind: str, name: str):
+    """The factory ``plugin`` registers for ``name``: its "module:Class" string, imported now."""
+    from rtk.registry import registry_with
+
+    return registry_with(plugin, entry_points=False).get(kind, name).factory
+
+
+@pytest.fixture
+def uniform_noise(plugin):
+    return registered(plugin, "attack", "uniform-noise")
+
+
+@pytest.fixture
+def nearest_class_mean(plugin):
+    return registered(plugin, "strategy", "nearest-class-mean")
+
+
 def subprocess_env(site: Path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -76,7 +93,9 @@ def test_entry_point_registers_both_components_with_their_distribution(installed
         component = registry.get(kind, name)
         assert component.plugin.distribution == "rtk-plugin-example"
         assert component.plugin.name == "rtk_plugin_example" and component.plugin.version == "0.1.0"
-        assert component.summary
+        assert component.summary and isinstance(component.target, str)  # lazy: "module:Class"
+    assert registry.get("attack", "uniform-noise").trait("sanity_fields") == {"eps": "eps"}
+    assert registry.get("strategy", "nearest-class-mean").trait("takes_objective") is False
 
 
 @pytest.mark.parametrize("blocked", ["example", "rtk_plugin_example", "rtk-plugin-example"])
@@ -119,8 +138,8 @@ def test_cli_lists_and_runs_the_example_recipe(tmp_path):
         assert rows[key]["distribution"] == "rtk-plugin-example"
 
     out = tmp_path / "out"
-    ran = subprocess.run([sys.executable, "-m", "rtk", "run", str(RECIPE), "--profile", "smoke", "--out", str(out), "--quiet"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ran = subprocess.run([sys.executable, "-m", "rtk", "run", str(RECIPE), "--profile", "smoke", "--out", str(out),
+                          "--quiet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]
     attacks = tomllib.loads(RECIPE.read_text())["eval"]["attacks"]
     assert {a["name"] for a in attacks} == {"pgd", "uniform-noise"}
@@ -155,13 +174,13 @@ class ThresholdModel(nn.Module):
         return torch.stack([~fooled, fooled], 1).float()
 
 
-def test_uniform_noise_stays_in_the_ball_and_the_image_box(plugin):
+def test_uniform_noise_stays_in_the_ball_and_the_image_box(plugin, uniform_noise):
     torch.manual_seed(1)
     images = torch.rand(64, 1, 4, 4)
     images[:, :, 0] = 0.0  # pixels at the box edges: clamping must keep them inside
     images[:, :, 1] = 1.0
     labels = torch.randint(0, 3, (64,))
-    attack = plugin.make_uniform_noise(plugin.UniformNoiseConfig(eps=0.1, samples=3))
+    attack = uniform_noise(plugin.UniformNoiseConfig(eps=0.1, samples=3))
     adversarial = attack(tiny_model(), images, labels)
     assert adversarial.shape == images.shape and not adversarial.requires_grad
     assert (adversarial - images).abs().max() <= 0.1 + 1e-6
@@ -171,20 +190,20 @@ def test_uniform_noise_stays_in_the_ball_and_the_image_box(plugin):
     check_threat_model("uniform-noise", attack, images, adversarial)
 
 
-def test_uniform_noise_runs_in_eval_mode_and_restores_each_module_mode(plugin):
+def test_uniform_noise_runs_in_eval_mode_and_restores_each_module_mode(plugin, uniform_noise):
     model = tiny_model()
     model.train()
     model.body[2].eval()  # a mixed state, as strategies with frozen BatchNorm leave it
     before = [m.training for m in model.modules()]
     seen = []
     model.body[4].register_forward_hook(lambda module, args, out: seen.append(module.training))
-    attack = plugin.make_uniform_noise(plugin.UniformNoiseConfig(eps=0.05, samples=2))
+    attack = uniform_noise(plugin.UniformNoiseConfig(eps=0.05, samples=2))
     attack(model, torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long))
     assert seen and not any(seen)
     assert [m.training for m in model.modules()] == before
 
 
-def test_uniform_noise_is_best_of_k_draws(plugin):
+def test_uniform_noise_is_best_of_k_draws(plugin, uniform_noise):
     # Per draw P(pixel 0 > 0.58) = P(noise > 0.08 with eps 0.1) = 0.1; best of 30 fools ~96%.
     images = torch.full((400, 1, 2, 2), 0.5)
     labels = torch.zeros(400, dtype=torch.long)
@@ -192,12 +211,12 @@ def test_uniform_noise_is_best_of_k_draws(plugin):
 
     def fooled_rate(samples):
         torch.manual_seed(0)
-        attack = plugin.make_uniform_noise(plugin.UniformNoiseConfig(eps=0.1, samples=samples))
+        attack = uniform_noise(plugin.UniformNoiseConfig(eps=0.1, samples=samples))
         return (model(attack(model, images, labels)).argmax(1) != labels).float().mean().item()
 
     assert 0.03 < fooled_rate(1) < 0.2
     assert fooled_rate(30) > 0.85
-    no_noise = plugin.make_uniform_noise(plugin.UniformNoiseConfig(eps=0.0))
+    no_noise = uniform_noise(plugin.UniformNoiseConfig(eps=0.0))
     assert torch.equal(no_noise(model, images, labels), images)
 
 
@@ -226,7 +245,8 @@ def brute_force_ncm(train_features, train_labels, features, num_classes, normali
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_nearest_class_mean_is_the_class_mean_classifier_and_trains_nothing(plugin, monkeypatch, normalize):
+def test_nearest_class_mean_is_the_class_mean_classifier_and_trains_nothing(plugin, nearest_class_mean, monkeypatch,
+                                                                             normalize):
     def no_optimizer(*args, **kwargs):
         raise AssertionError("nearest-class-mean must not build an optimizer")
 
@@ -235,7 +255,7 @@ def test_nearest_class_mean_is_the_class_mean_classifier_and_trains_nothing(plug
     model = tiny_model(num_classes=7)
     model.train()
     backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    strategy = plugin.make_nearest_class_mean(plugin.NearestClassMeanConfig(normalize=normalize))
+    strategy = nearest_class_mean(plugin.NearestClassMeanConfig(normalize=normalize))
     out = strategy.transfer(model, data, RunContext(show_progress=False))
 
     assert out is model and out.num_classes == 3 and not out.training
@@ -258,16 +278,17 @@ def test_nearest_class_mean_is_the_class_mean_classifier_and_trains_nothing(plug
     assert (predictions == test_y).float().mean() == 1.0
 
 
-def test_nearest_class_mean_on_digits_beats_chance_without_training(plugin):
+def test_nearest_class_mean_on_digits_beats_chance_without_training(plugin, nearest_class_mean):
     from rtk.data import apply_options
-    from rtk_plugins.datasets import DigitsConfig, make_digits
+    from rtk_plugins.datasets import DigitsConfig
+    from tests.helpers import build
 
-    data = apply_options(make_digits(DigitsConfig()), DigitsConfig(classes=[5, 6, 7, 8, 9]))
+    data = apply_options(build("dataset", "digits"), DigitsConfig(classes=[5, 6, 7, 8, 9]))
     torch.manual_seed(0)
     # A random frozen conv net: NCM alone has to make its features useful.
     body = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Flatten())
     model = RtkModel(body, nn.Linear(32 * 64, 10), feature_dim=32 * 64, block_names=[""])
-    strategy = plugin.make_nearest_class_mean(plugin.NearestClassMeanConfig())
+    strategy = nearest_class_mean(plugin.NearestClassMeanConfig())
     model = strategy.transfer(model, data, RunContext(show_progress=False))
     test_x, test_y = data.test.take(torch.arange(len(data.test)))
     with torch.no_grad():
@@ -275,11 +296,11 @@ def test_nearest_class_mean_on_digits_beats_chance_without_training(plugin):
     assert accuracy > 0.8
 
 
-def test_nearest_class_mean_never_predicts_a_class_without_examples(plugin):
+def test_nearest_class_mean_never_predicts_a_class_without_examples(plugin, nearest_class_mean):
     data = clustered_splits(num_classes=3)
     data = DataSplits(data.train, data.test, num_classes=4)  # class 3 kept in the label space, but empty
     for normalize in (True, False):
-        model = plugin.make_nearest_class_mean(plugin.NearestClassMeanConfig(normalize=normalize)).transfer(
+        model = nearest_class_mean(plugin.NearestClassMeanConfig(normalize=normalize)).transfer(
             tiny_model(), data, RunContext(show_progress=False))
         x, y = data.test.take(torch.arange(len(data.test)))
         logits = model(x)
@@ -288,9 +309,9 @@ def test_nearest_class_mean_never_predicts_a_class_without_examples(plugin):
         assert torch.equal(logits.argmax(1), y)
 
 
-def test_nearest_class_mean_rejects_a_transfer_objective(plugin):
+def test_nearest_class_mean_rejects_a_transfer_objective(plugin, nearest_class_mean):
     from rtk.stages.training import CrossEntropy
 
-    strategy = plugin.make_nearest_class_mean(plugin.NearestClassMeanConfig())
+    strategy = nearest_class_mean(plugin.NearestClassMeanConfig())
     with pytest.raises(RtkError, match="trains nothing"):
         strategy.transfer(tiny_model(), clustered_splits(), RunContext(show_progress=False), CrossEntropy())

@@ -48,6 +48,7 @@ def register_objectives(register):
 
 
 def register_transfer_strategies(register):
+    import rtk_plugins.transfer.heads as heads
     import rtk_plugins.transfer.probe as probe
     from rtk_plugins.transfer import LinearProbeConfig
 
@@ -55,11 +56,11 @@ def register_transfer_strategies(register):
         """rtk's linear probe, its head trained with HangingCE."""
 
         def transfer(self, model, data, ctx, objective=None):
-            plain, probe.CrossEntropy = probe.CrossEntropy, HangingCE
+            plain, heads.CrossEntropy = heads.CrossEntropy, HangingCE
             try:
                 return super().transfer(model, data, ctx, objective)
             finally:
-                probe.CrossEntropy = plain
+                heads.CrossEntropy = plain
 
     register("hanging-probe", HangingProbe, config=LinearProbeConfig, summary="linear probe that can hang")
 

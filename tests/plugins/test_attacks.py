@@ -66,7 +66,8 @@ def mixed_mode(model):
 
 @pytest.fixture(scope="module")
 def attacked(trained):
-    """Each case run once from a mixed train/eval state: {case: (attack, adversarial, modes before, after, modes seen)}."""
+    """Each case run once from a mixed train/eval state: {case: (attack, adversarial, modes before, after, modes
+    seen)}."""
     model, images, labels, _ = trained
     results = {}
 
@@ -75,7 +76,8 @@ def attacked(trained):
             attack = build(*CASES[case])
             before = mixed_mode(model)
             seen = []
-            hook = model.head.register_forward_pre_hook(lambda m, args: seen.append(any(s.training for s in model.modules())))
+            hook = model.head.register_forward_pre_hook(
+                lambda m, args: seen.append(any(s.training for s in model.modules())))
             torch.manual_seed(0)
             try:
                 adversarial = attack(model, images, labels)

@@ -113,7 +113,8 @@ def test_backends_agree(trained, through_rtk):
 
 def test_torchattacks_runs_with_the_standard_settings_forced():
     model = small_cnn(100)
-    adversary, names, feasible = torchattacks_autoattack(model, build_config(AutoAttackConfig, {"backend": "torchattacks"}), 100)
+    adversary, names, feasible = torchattacks_autoattack(
+        model, build_config(AutoAttackConfig, {"backend": "torchattacks"}), 100)
     assert names == feasible == ["apgd-ce", "apgd-t", "fab-t", "square"]
     apgd, apgd_t, fab_t, square = adversary._autoattack.attacks
     assert apgd.steps == apgd_t.steps == fab_t.steps == 100  # torchattacks' default is 10
@@ -122,7 +123,8 @@ def test_torchattacks_runs_with_the_standard_settings_forced():
     assert fab_t.multi_targeted and apgd.loss == "ce"
     assert (square.n_queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)
 
-    plus, names, _ = torchattacks_autoattack(model, build_config(AutoAttackConfig, {"backend": "torchattacks", "version": "plus"}), 100)
+    plus, names, _ = torchattacks_autoattack(
+        model, build_config(AutoAttackConfig, {"backend": "torchattacks", "version": "plus"}), 100)
     assert names == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     assert [a.n_restarts for a in plus._autoattack.attacks] == [5, 5, 5, 1, 1, 1]
     assert all(a.steps == 100 for a in plus._autoattack.attacks if hasattr(a, "steps"))
@@ -133,8 +135,10 @@ def test_custom_overrides_reach_the_reference():
     cfg = build_config(AutoAttackConfig, {"version": "custom", "attacks_to_run": ["apgd-ce", "square"]})
     adversary = reference_autoattack(model, cfg, "cpu")
     assert adversary.attacks_to_run == ["apgd-ce", "square"]
-    assert adversary.apgd.n_restarts == 5 and adversary.apgd.n_iter == 100  # the constructor's values (the study's setting)
-    cfg = build_config(AutoAttackConfig, {"version": "custom", "attacks_to_run": ["apgd-ce", "fab"], "n_restarts": 2, "iterations": 50})
+    # The constructor's values (the study's setting).
+    assert adversary.apgd.n_restarts == 5 and adversary.apgd.n_iter == 100
+    cfg = build_config(AutoAttackConfig, {"version": "custom", "attacks_to_run": ["apgd-ce", "fab"], "n_restarts": 2,
+                                          "iterations": 50})
     adversary = reference_autoattack(model, cfg, "cpu")
     assert adversary.apgd.n_restarts == adversary.fab.n_restarts == 2
     assert adversary.apgd.n_iter == adversary.apgd_targeted.n_iter == adversary.fab.n_iter == 50
@@ -162,7 +166,8 @@ def test_random_forward_pass_is_flagged(trained):
     assert flag["source"] == "autoattack" and "randomized defense" in flag["message"] and "\n" not in flag["message"]
     assert "flags_doc.md" not in flag["message"]  # a file of the reference's repository, not shipped with the package
     attack(nn.Sequential(Noise(), model), images[:16], labels[:16])  # flags accumulate over calls (batches)
-    assert [f for f in attack.diagnostics() if f["name"] == "autoattack:randomized"][0]["message"].endswith("(reported 2 times)")
+    (randomized,) = [f for f in attack.diagnostics() if f["name"] == "autoattack:randomized"]
+    assert randomized["message"].endswith("(reported 2 times)")
 
 
 class ConstantLogits(nn.Module):
@@ -174,7 +179,8 @@ class ConstantLogits(nn.Module):
 
 def test_zero_gradients_are_flagged(trained):
     _, images, _ = trained
-    attack = autoattack(eps=EPS, **(FAST | {"attacks_to_run": ["apgd-dlr"]}))  # the reference checks gradients of the DLR losses only
+    # The reference checks gradients of the DLR losses only.
+    attack = autoattack(eps=EPS, **(FAST | {"attacks_to_run": ["apgd-dlr"]}))
     attack(ConstantLogits(), images[:8], torch.full((8,), 9))
     flags = {flag["name"]: flag["message"] for flag in attack.diagnostics()}
     assert "8 points with zero gradient" in flags["autoattack:zero_gradients"]
@@ -212,7 +218,8 @@ def test_too_few_classes_are_flagged_and_clamped(backend, monkeypatch):
     with torch.no_grad():
         labels = model(images).argmax(1)
     if backend == "pyautoattack":
-        attack = autoattack(eps=0.02, version="custom", attacks_to_run=["apgd-ce", "apgd-t", "fab-t"], iterations=5, n_restarts=1)
+        attack = autoattack(eps=0.02, version="custom", attacks_to_run=["apgd-ce", "apgd-t", "fab-t"], iterations=5,
+                            n_restarts=1)
     else:
         attack = autoattack(eps=0.02, backend="torchattacks")
         adversary, names, feasible = backend_module.torchattacks_autoattack(model, attack.config, 3)
@@ -230,7 +237,8 @@ def test_too_few_classes_are_flagged_and_clamped(backend, monkeypatch):
     check_threat_model("autoattack", attack, images, adversarial)
     flags = {flag["name"]: flag["message"] for flag in attack.diagnostics()}
     assert "only 3 classes" in flags["autoattack:n_classes"]
-    assert "2 target classes" in flags["autoattack:targets_clamped"] and "skipped apgd-t" in flags["autoattack:targets_clamped"]
+    clamped = flags["autoattack:targets_clamped"]
+    assert "2 target classes" in clamped and "skipped apgd-t" in clamped
 
 
 def test_zero_eps_returns_the_clean_images(trained):
@@ -242,7 +250,8 @@ def test_defaults_and_config_errors():
     component = default_registry().get("attack", "autoattack")
     assert component.plugin.distribution == "rtk"
     cfg = build_config(AutoAttackConfig, {})
-    assert (cfg.norm, cfg.eps, cfg.version, cfg.backend, cfg.seed, cfg.verbose) == ("Linf", 8 / 255, "standard", "pyautoattack", 0, False)
+    assert (cfg.norm, cfg.eps, cfg.version, cfg.backend, cfg.seed, cfg.verbose) == (
+        "Linf", 8 / 255, "standard", "pyautoattack", 0, False)
     assert build_config(AutoAttackConfig, {"eps": "8/255"}).eps == 8 / 255
     for table, match in [
         ({"version": "custom"}, "needs attacks_to_run"),

@@ -67,7 +67,8 @@ def test_fdm_loss_is_adversarial_ce_plus_feature_distance_at_block_k(one_thread,
 def test_fdm_rejects_k_beyond_the_blocks(one_thread):
     model = tiny_wrn()
     with pytest.raises(RtkError, match="k = 9"):
-        FeatureDistanceMinimization(CARTLFDMConfig(k=9, steps=1)).loss(model, torch.rand(2, 3, 16, 16), torch.tensor([0, 1]))
+        FeatureDistanceMinimization(CARTLFDMConfig(k=9, steps=1)).loss(model, torch.rand(2, 3, 16, 16),
+                                                                      torch.tensor([0, 1]))
 
 
 def test_convex_unit_halves_the_residual_sum():
@@ -100,15 +101,16 @@ def test_neft_folded_layers_have_spectral_norm_at_most_beta(one_thread):
     assert torch.equal(before["body.conv1.weight"], after["body.conv1.weight"])
     assert torch.equal(before["body.block1.layer.0.conv1.weight"], after["body.block1.layer.0.conv1.weight"])
     assert torch.equal(before["body.block3.layer.0.bn1.weight"], after["body.block3.layer.0.bn1.weight"])
-    # bn_stats_frozen_blocks = "batch" (the NEFT script): frozen blocks' running statistics moved.
-    assert not torch.equal(before["body.block1.layer.0.bn1.running_mean"], after["body.block1.layer.0.bn1.running_mean"])
+    # bn_stats_frozen_part = "batch" (the NEFT script): frozen blocks' running statistics moved.
+    key = "body.block1.layer.0.bn1.running_mean"
+    assert not torch.equal(before[key], after[key])
 
 
 def test_neft_frozen_statistics_option_keeps_source_statistics(one_thread):
     model = tiny_wrn()
     source = copy.deepcopy(model)
-    cfg = NEFTConfig(epochs=1, batch_size=16, k=2, augment="none", bn_stats_frozen_blocks="frozen",
-                     bn_stats_trainable_blocks="frozen", bn_affine_trainable=True)
+    cfg = NEFTConfig(epochs=1, batch_size=16, k=2, augment="none", bn_stats_frozen_part="frozen",
+                     bn_stats="frozen", bn_affine_trainable=True)
     out = NEFT(cfg).transfer(model, tiny_data(), ctx())
     before, after = source.state_dict(), out.state_dict()
     for key in before:
@@ -163,6 +165,7 @@ def test_cartl_recipe_pairs_each_source_with_its_transfer():
         fdm, neft = runs[f"cartl-k{k}"]
         assert (fdm["name"], fdm["k"], neft["strategy"], neft["k"]) == ("cartl-fdm", k, "neft", k)
         source, plain = runs[f"plain-tl-k{k}"]
-        assert source["name"] == "pgd-at" and plain["k"] == k and not plain["reinit"] and not plain["bn_affine_trainable"]
+        assert source["name"] == "pgd-at" and plain["k"] == k
+        assert not plain["reinit"] and not plain["bn_affine_trainable"]
     assert runs["lwf"][0]["name"] == "pgd-at"
     assert len({str(objective) for objective, _ in runs.values()}) == 4  # one PGD-AT source, one FDM source per k

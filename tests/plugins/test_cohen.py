@@ -12,7 +12,8 @@ from rtk_plugins.smoothing import report as certify_report
 from rtk.config.fields import ConfigValueError, build_config
 from rtk.data import ImageSet, apply_options
 from rtk.errors import RtkError
-from rtk_plugins.datasets import DigitsConfig, make_digits
+from rtk_plugins.datasets import DigitsConfig
+from rtk_plugins.datasets.digits import load_digits
 from rtk_plugins.smoothing.cohen import ABSTAIN, CohenCertifier, lower_confidence_bound, predict_from_counts
 from rtk_plugins.smoothing import CohenConfig, max_certifiable_radius, min_certify_n, min_predict_n
 from tests.helpers import TINY_RECIPE, quiet_context
@@ -279,7 +280,7 @@ def test_rows_name_test_set_images_when_a_subset_is_evaluated(write_recipe, tmp_
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     rows = certify_report.read_tsv(out / run["certify"]["tsv"])
     digits = build_config(DigitsConfig, {"classes": [5, 6, 7, 8, 9]})
-    total = len(apply_options(make_digits(digits), digits).test)  # the target's test set: 269 images
+    total = len(apply_options(load_digits(digits), digits).test)  # the target's test set: 269 images
     evaluated = [i * total // 20 for i in range(20)]  # eval.subset = "stride": 20 spread over the test set
     assert [r["index"] for r in rows] == evaluated[0:8:2]  # skip 2 of those, the first 4; indices in the test set
 

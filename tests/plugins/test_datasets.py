@@ -1,7 +1,7 @@
 """Dataset plugins and the shared dataset options.
 
-Factories and rtk.data are called directly (not through the plugin registry) so these tests
-pin down the datasets themselves.
+The factories (rtk_plugins.datasets.digits and .vision_data) and rtk.data are called directly
+(not through the plugin registry) so these tests pin down the datasets themselves.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 
 from rtk.data import DatasetConfig, apply_options
 from rtk.errors import DataError
-from rtk_plugins.datasets import (CifarConfig, DigitsConfig, ImageFolderConfig, MnistConfig, SvhnConfig, make_cifar10,
-                                  make_cifar100, make_digits, make_imagefolder, make_mnist, make_svhn)
+from rtk_plugins.datasets import CifarConfig, DigitsConfig, ImageFolderConfig, MnistConfig, SvhnConfig
+from rtk_plugins.datasets.digits import load_digits
+from rtk_plugins.datasets.vision_data import load_cifar10, load_cifar100, load_imagefolder, load_mnist, load_svhn
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -28,7 +29,7 @@ def _image_keys(split) -> set[bytes]:
 
 @pytest.fixture(scope="module")
 def digits():
-    return make_digits(DigitsConfig())
+    return load_digits(DigitsConfig())
 
 
 @pytest.fixture
@@ -100,7 +101,8 @@ def test_invalid_class_ids_raise(digits, classes):
 
 def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
     n, h, w = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, h, w) + images.numpy().tobytes())
+    header = struct.pack(">iiii", 0x803, n, h, w)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
     (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.numpy().tobytes())
 
 
@@ -116,7 +118,7 @@ def tiny_mnist(tmp_path) -> Path:
 
 
 def test_mnist_idx_files_become_uint8_image_sets(tiny_mnist):
-    splits = make_mnist(MnistConfig(root=str(tiny_mnist)))
+    splits = load_mnist(MnistConfig(root=str(tiny_mnist)))
     assert (len(splits.train), len(splits.test)) == (12, 5)
     assert splits.train.images.dtype == torch.uint8 and splits.train.images.shape == (12, 1, 28, 28)
     assert splits.train.labels.tolist() == [i % 10 for i in range(12)]
@@ -127,12 +129,12 @@ def test_mnist_idx_files_become_uint8_image_sets(tiny_mnist):
 
 def test_mnist_root_defaults_to_rtk_data(tiny_mnist, monkeypatch):
     monkeypatch.setenv("RTK_DATA", str(tiny_mnist))
-    assert len(make_mnist(MnistConfig()).test) == 5
+    assert len(load_mnist(MnistConfig()).test) == 5
 
 
 def test_mnist_without_root_or_rtk_data_says_how_to_fix(no_data_env):
     with pytest.raises(DataError, match="RTK_DATA") as info:
-        make_mnist(MnistConfig())
+        load_mnist(MnistConfig())
     assert "\n" not in str(info.value) and "download = true" in str(info.value)
 
 
@@ -144,7 +146,7 @@ def test_mnist_missing_files_name_the_folder_and_layout(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_download)
     with pytest.raises(DataError) as info:
-        make_mnist(MnistConfig(root=str(tmp_path)))
+        load_mnist(MnistConfig(root=str(tmp_path)))
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "MNIST" / "raw") in message
@@ -154,7 +156,7 @@ def test_mnist_missing_files_name_the_folder_and_layout(tmp_path, monkeypatch):
 def test_mnist_one_missing_file_is_named(tiny_mnist):
     (tiny_mnist / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
-        make_mnist(MnistConfig(root=str(tiny_mnist)))
+        load_mnist(MnistConfig(root=str(tiny_mnist)))
 
 
 @pytest.mark.parametrize("keep", [100, 2])
@@ -162,7 +164,7 @@ def test_mnist_truncated_idx_file_is_a_data_error(tiny_mnist, keep):
     path = tiny_mnist / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:keep])
     with pytest.raises(DataError, match="corrupt or truncated") as info:
-        make_mnist(MnistConfig(root=str(tiny_mnist)))
+        load_mnist(MnistConfig(root=str(tiny_mnist)))
     assert str(tiny_mnist / "MNIST" / "raw") in str(info.value) and "\n" not in str(info.value)
 
 
@@ -174,7 +176,7 @@ def test_failed_download_is_a_data_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with pytest.raises(DataError, match="could not download") as info:
-        make_mnist(MnistConfig(root=str(tmp_path), download=True))
+        load_mnist(MnistConfig(root=str(tmp_path), download=True))
     assert "\n" not in str(info.value)
 
 
@@ -190,18 +192,20 @@ def _real_mnist_root() -> Path | None:
 def real_mnist_root() -> Path:
     root = _real_mnist_root()
     if root is None:
-        pytest.skip("MNIST IDX files not found: set RTK_DATA to a folder holding MNIST/raw, or add ../shared/data/MNIST/raw")
+        pytest.skip("MNIST IDX files not found: set RTK_DATA to a folder holding MNIST/raw, or add"
+                    " ../shared/data/MNIST/raw")
     return root
 
 
 @pytest.mark.data
 def test_real_mnist_sizes_shape_and_range(real_mnist_root):
-    splits = make_mnist(MnistConfig(root=str(real_mnist_root)))
+    splits = load_mnist(MnistConfig(root=str(real_mnist_root)))
     assert (len(splits.train), len(splits.test)) == (60000, 10000)
     assert splits.train.images.dtype == torch.uint8 and splits.image_shape == (1, 28, 28)
     x, y = splits.test.take(torch.arange(256))
     assert x.dtype == torch.float32 and x.min() == 0.0 and x.max() == 1.0
-    assert torch.equal(torch.bincount(splits.test.labels), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
+    expected = torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    assert torch.equal(torch.bincount(splits.test.labels), expected)
     assert splits.num_classes == 10 and splits.class_names[0].startswith("0")
 
 
@@ -217,15 +221,15 @@ def test_real_mnist_truncated_copy_is_a_data_error(real_mnist_root, tmp_path):
         else:
             (raw / name).symlink_to(source / name)
     with pytest.raises(DataError, match="mnist: cannot read the train split"):
-        make_mnist(MnistConfig(root=str(tmp_path)))
+        load_mnist(MnistConfig(root=str(tmp_path)))
 
 
 # --- CIFAR / SVHN: no data here, so the error paths ------------------------------------------
 
 @pytest.mark.parametrize("factory, config, folder", [
-    (make_cifar10, CifarConfig, "cifar-10-batches-py"),
-    (make_cifar100, CifarConfig, "cifar-100-python"),
-    (make_svhn, SvhnConfig, "SVHN"),
+    (load_cifar10, CifarConfig, "cifar-10-batches-py"),
+    (load_cifar100, CifarConfig, "cifar-100-python"),
+    (load_svhn, SvhnConfig, "SVHN"),
 ])
 def test_missing_torchvision_files_name_folder_and_fix(tmp_path, factory, config, folder):
     with pytest.raises(DataError) as info:
@@ -235,7 +239,7 @@ def test_missing_torchvision_files_name_folder_and_fix(tmp_path, factory, config
     assert "RTK_DATA" in message and "download = true" in message
 
 
-@pytest.mark.parametrize("factory, config", [(make_cifar10, CifarConfig), (make_svhn, SvhnConfig)])
+@pytest.mark.parametrize("factory, config", [(load_cifar10, CifarConfig), (load_svhn, SvhnConfig)])
 def test_missing_root_and_rtk_data(no_data_env, factory, config):
     with pytest.raises(DataError, match="RTK_DATA"):
         factory(config())
@@ -247,12 +251,12 @@ def test_cifar_files_that_fail_the_checksum_are_a_data_error(tmp_path):
     for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"):
         (folder / name).write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="corrupt or truncated"):
-        make_cifar10(CifarConfig(root=str(tmp_path)))
+        load_cifar10(CifarConfig(root=str(tmp_path)))
 
 
 def test_svhn_extra_needs_its_file(tmp_path):
     with pytest.raises(DataError, match="extra_32x32.mat"):
-        make_svhn(SvhnConfig(root=str(tmp_path), extra=True))
+        load_svhn(SvhnConfig(root=str(tmp_path), extra=True))
 
 
 # --- ImageFolder -----------------------------------------------------------------------------
@@ -273,7 +277,7 @@ def image_root(tmp_path) -> Path:
 
 
 def test_imagefolder_splits(image_root):
-    splits = make_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
+    splits = load_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
     assert splits.num_classes == 2 and splits.class_names == ["cat", "dog"]
     assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1] and splits.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
     x, y = splits.train.take(torch.arange(6))
@@ -287,26 +291,26 @@ def test_imagefolder_test_labels_follow_training_ids(image_root):
     for image in (image_root / "test" / "cat").iterdir():
         image.unlink()
     (image_root / "test" / "cat").rmdir()
-    splits = make_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
+    splits = load_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
     assert splits.test.labels.tolist() == [1, 1, 1]
 
 
 def test_imagefolder_missing_test_dir_suggests_val(image_root):
     (image_root / "test").rename(image_root / "val")
     with pytest.raises(DataError, match='test_dir = "val"'):
-        make_imagefolder(ImageFolderConfig(root=str(image_root)))
-    assert len(make_imagefolder(ImageFolderConfig(root=str(image_root), test_dir="val", image_size=8)).test) == 6
+        load_imagefolder(ImageFolderConfig(root=str(image_root)))
+    assert len(load_imagefolder(ImageFolderConfig(root=str(image_root), test_dir="val", image_size=8)).test) == 6
 
 
 def test_imagefolder_missing_root(tmp_path):
     with pytest.raises(DataError, match="is not a folder"):
-        make_imagefolder(ImageFolderConfig(root=str(tmp_path / "nowhere")))
+        load_imagefolder(ImageFolderConfig(root=str(tmp_path / "nowhere")))
 
 
 def test_imagefolder_unreadable_image_names_the_file(image_root):
     bad = image_root / "train" / "cat" / "0.png"
     bad.write_bytes(b"\x89PNG broken")
-    splits = make_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
+    splits = load_imagefolder(ImageFolderConfig(root=str(image_root), image_size=8))
     with pytest.raises(DataError, match="0.png"):
         splits.train[0]
 
@@ -316,7 +320,7 @@ def test_mnist_label_count_mismatch_is_a_data_error(tiny_mnist):
     _write_idx(raw, "t10k", torch.zeros(5, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.uint8))
     (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, 3) + bytes(3))
     with pytest.raises(DataError, match="mnist: the files hold 5"):
-        make_mnist(MnistConfig(root=str(tiny_mnist)))
+        load_mnist(MnistConfig(root=str(tiny_mnist)))
 
 
 @pytest.mark.parametrize("layout, shape", [("NHWC", (4, 32, 32, 3)), ("NCHW", (4, 3, 32, 32))])

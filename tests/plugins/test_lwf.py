@@ -16,16 +16,17 @@ from rtk.stages.context import RunContext
 from rtk.errors import RtkError
 from rtk.models import RtkModel
 from rtk.stages.training import CrossEntropy
-from rtk_plugins.lwf import LwFConfig, make_lwf
+from rtk_plugins.lwf import LwFConfig
 from tests.helpers import TINY_RECIPE
-from tests.plugins.test_transfer_strategies import bn_affine, bn_buffers, bn_cnn, changed, digits_target, snapshot
+from tests.plugins.test_transfer_strategies import (bn_affine, bn_buffers, bn_cnn, changed, digits_target,
+                                                    feature_passes, snapshot)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lwf(model, data, ctx=None, **options):
     cfg = build_config(LwFConfig, {"epochs": 2, "batch_size": 50, "lr": 0.05, **options})
-    return make_lwf(cfg).transfer(model, data, ctx or RunContext(show_progress=False))
+    return impl.LwF(cfg).transfer(model, data, ctx or RunContext(show_progress=False))
 
 
 def mean_distance(model, data, z0) -> float:
@@ -35,16 +36,18 @@ def mean_distance(model, data, z0) -> float:
 
 def test_defaults_follow_the_reference_code():
     cfg = LwFConfig()
-    assert (cfg.lambda_d, cfg.distance, cfg.warm_start_fraction, cfg.head_init) == (0.005, "l1-mean", 0.5, "uniform-unit-scaling")
+    assert (cfg.lambda_d, cfg.distance, cfg.warm_start_fraction, cfg.head_init) == (
+        0.005, "l1-mean", 0.5, "uniform-unit-scaling")
     assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.schedule, cfg.batch_size) == ("sgd", 0.9, 1e-3, "constant", 128)
-    assert (cfg.weight_decay, cfg.decay_bias_and_norm, cfg.augment, cfg.bn_affine_trainable) == (2e-4, False, "none", True)
+    assert (cfg.weight_decay, cfg.decay_bias_and_norm, cfg.augment, cfg.bn_affine_trainable) == (
+        2e-4, False, "none", True)
 
 
 def test_augmentation_and_objectives_are_rejected():
     with pytest.raises(ConfigValueError, match="augment"):
         build_config(LwFConfig, {"augment": "crop-flip"})
     with pytest.raises(RtkError, match=r"\[transfer.objective\]"):
-        make_lwf(LwFConfig()).transfer(bn_cnn(), digits_target(), RunContext(show_progress=False), CrossEntropy())
+        impl.LwF(LwFConfig()).transfer(bn_cnn(), digits_target(), RunContext(show_progress=False), CrossEntropy())
 
 
 @pytest.mark.parametrize("distance,expected_distance", [("l1-mean", (3 + 2) / 2), ("l2", (5 ** 0.5 + 2) / 2)])
@@ -61,16 +64,10 @@ def test_loss_is_ce_plus_lambda_times_mean_distance(distance, expected_distance)
 
 
 def test_z0_is_computed_once_and_the_source_never_runs_again(monkeypatch):
-    calls = []
-    real = impl.compute_features
-    monkeypatch.setattr(impl, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = bn_cnn()
-    seen = []
-    model.body.register_forward_hook(lambda m, i, o: seen.append(len(o)))
-    data = digits_target()
-    lwf(model, data, epochs=4)  # 2 head-only epochs on the cache, 2 epochs of all weights
-    assert calls == [1]
-    assert sum(seen) == len(data.train) * (1 + 2)  # z0 once, then one forward per phase-2 example
+    # 2 head-only epochs on the cache, 2 epochs of all weights
+    caches, images, n = feature_passes(monkeypatch, lambda model, data: lwf(model, data, epochs=4))
+    assert caches == 1
+    assert images == n * (1 + 2)  # z0 once, then one forward per phase-2 example
 
 
 def test_phase_one_trains_only_the_head():
@@ -88,7 +85,8 @@ def test_phase_two_uses_a_fresh_optimizer_over_all_weights(monkeypatch):
 
     def recording(params, cfg):
         optimizer = real(params, cfg)
-        built.append(({id(p) for group in optimizer.param_groups for p in group["params"]}, len(optimizer.state), optimizer))
+        ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        built.append((ids, len(optimizer.state), optimizer))
         return optimizer
 
     monkeypatch.setattr(rtk.stages.training, "make_optimizer", recording)

@@ -19,6 +19,9 @@ from rtk.errors import RecipeError, UnknownComponentError, WeightsError
 from rtk.models import load_weights, save_weights
 from rtk_plugins import models as builtin
 from rtk_plugins import timm_models
+from rtk_plugins.models.resnet import from_config as resnet18_from_config
+from rtk_plugins.models.wrn import from_config as wrn_from_config
+from rtk_plugins.timm_models.timm_wrap import from_config as timm_from_config
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +38,7 @@ TINY_WRNS = {
 
 
 def wrn(table: dict, num_classes: int = 10, cls=builtin.WRNConfig):
-    return builtin.make_wrn(build_config(cls, table), num_classes)
+    return wrn_from_config(build_config(cls, table), num_classes)
 
 
 def check_contract(model, num_classes: int, x: torch.Tensor) -> None:
@@ -109,7 +112,7 @@ def test_wrn_weight_mismatch_names_keys(tmp_path):
 ])
 def test_wrn_presets_block_counts(cls, blocks, params):
     with torch.device("meta"):  # full width without allocating or initialising 46M weights
-        model = builtin.make_wrn(cls(), 10)
+        model = wrn_from_config(cls(), 10)
     assert len(model.blocks) == blocks
     assert model.feature_dim == 640
     assert model.block_names[-1] == "body.final" and model.block_names[0] == "body.block1.layer.0"
@@ -123,7 +126,7 @@ def test_wrn_32_10_is_madrys_model():
     from rtk_plugins.models.wrn import PerImageStandardize, TFSameConv2d, WideBasic
 
     with torch.device("meta"):
-        model = builtin.make_wrn(builtin.WRN32x10Config(), 10)
+        model = wrn_from_config(builtin.WRN32x10Config(), 10)
     units = [m for m in model.modules() if isinstance(m, WideBasic)]
     assert len(units) == 15 and all(len(getattr(model.body, f"block{s}").layer) == 5 for s in (1, 2, 3))
     assert [u.conv2.out_channels for u in units[::5]] == [160, 320, 640]
@@ -191,7 +194,7 @@ def test_per_image_standardization_matches_tensorflow():
 
 def test_resnet18_contract_and_blocks():
     torch.manual_seed(0)
-    model = builtin.make_resnet18(builtin.ResNet18Config(), 10)
+    model = resnet18_from_config(builtin.ResNet18Config(), 10)
     assert model.feature_dim == 512 and len(model.blocks) == 10
     assert model.block_names[-1] == "body.pool"
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # the usual CIFAR ResNet-18 size
@@ -200,7 +203,7 @@ def test_resnet18_contract_and_blocks():
 
 def test_resnet18_safetensors_roundtrip(tmp_path):
     # 16x16 inputs (the pool is adaptive) keep this fast; the weights are what is tested.
-    check_roundtrip(lambda: builtin.make_resnet18(builtin.ResNet18Config(), 10), tmp_path, torch.rand(1, 3, 16, 16))
+    check_roundtrip(lambda: resnet18_from_config(builtin.ResNet18Config(), 10), tmp_path, torch.rand(1, 3, 16, 16))
 
 
 # --- registration and import cost ---------------------------------------------------------
@@ -209,7 +212,8 @@ def test_resnet18_safetensors_roundtrip(tmp_path):
 def test_plugins_register_models_and_import_without_torch():
     names = {}
     for module in (builtin, timm_models):
-        module.register_source_models(lambda name, factory, config=None, summary="", replace=False: names.setdefault(name, config))
+        module.register_source_models(
+            lambda name, factory, config=None, summary="", replace=False: names.setdefault(name, config))
     assert set(names) == {"small-cnn", "wrn", "wrn-28-10", "wrn-32-10", "wrn-34-10", "resnet18", "timm/*"}
     code = ("import sys, rtk_plugins.models, rtk_plugins.timm_models; "
             "sys.exit('torch' in sys.modules or 'timm' in sys.modules)")
@@ -220,7 +224,7 @@ def test_plugins_register_models_and_import_without_torch():
 
 
 def timm(variant: str, num_classes: int = 5, **options):
-    return timm_models.make_timm(build_config(timm_models.TimmConfig, options), num_classes, variant=variant)
+    return timm_from_config(build_config(timm_models.TimmConfig, options), num_classes, variant=variant)
 
 
 def timm_state(model) -> dict[str, torch.Tensor]:
@@ -274,7 +278,8 @@ def test_timm_local_weights_roundtrip(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         expected = source(x)
-        assert torch.equal(timm("resnet18", 5, input_size=32, timm_weights=str(path)).eval()(x), expected)  # head copied
+        # The head is copied.
+        assert torch.equal(timm("resnet18", 5, input_size=32, timm_weights=str(path)).eval()(x), expected)
         assert torch.equal(timm("resnet18", 5, input_size=32, timm_weights=str(rtk_file)).eval()(x), expected)
 
 
@@ -320,7 +325,7 @@ def test_timm_unknown_names():
     with pytest.raises(UnknownComponentError, match="a1_in1k"):
         timm("resnet18.no_such_tag")
     with pytest.raises(UnknownComponentError, match="timm/resnet18"):
-        timm_models.make_timm(timm_models.TimmConfig(), 5, variant=None)
+        timm_from_config(timm_models.TimmConfig(), 5, variant=None)
 
 
 def test_timm_options():

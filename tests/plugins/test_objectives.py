@@ -17,9 +17,12 @@ from rtk.config.schema import TrainConfig
 from rtk.stages.training import fit
 from rtk_plugins.objectives import tensor_augment as A
 from rtk_plugins.objectives.simclr import nt_xent
-from rtk_plugins.objectives import (FreeATConfig, PGDATConfig, SimCLRConfig, TRADESConfig, make_free_at, make_pgd_at,
-                                    make_simclr, make_trades)
-from tests.helpers import TINY_RECIPE
+from rtk_plugins.objectives import FreeATConfig, PGDATConfig, SimCLRConfig, TRADESConfig
+from rtk_plugins.objectives.adversarial_training import PGDAdversarialTraining
+from rtk_plugins.objectives.free_at import FreeAdversarialTraining
+from rtk_plugins.objectives.simclr import SimCLR
+from rtk_plugins.objectives.trades import TRADES
+from tests.helpers import TINY_RECIPE, build
 from tests.helpers import small_cnn
 
 
@@ -48,7 +51,7 @@ def train_step(objective, model, images, labels):
 # --- free-at --------------------------------------------------------------------------------
 
 def test_free_at_delta_persists_across_batches_and_stays_in_the_ball(one_thread):
-    objective = make_free_at(FreeATConfig(eps=0.1, replays=2))
+    objective = FreeAdversarialTraining(FreeATConfig(eps=0.1, replays=2))
     model = tiny_model()
     first, first_labels = random_batch(8, seed=1)
     for images, labels in objective.split(first, first_labels):
@@ -69,7 +72,7 @@ def test_free_at_delta_persists_across_batches_and_stays_in_the_ball(one_thread)
 
 def test_free_at_updates_delta_with_the_gradient_of_the_same_forward(one_thread):
     eps, step = 0.2, 0.05
-    objective = make_free_at(FreeATConfig(eps=eps, step=step, replays=3))
+    objective = FreeAdversarialTraining(FreeATConfig(eps=eps, step=step, replays=3))
     images, labels = random_batch(6)
     start = (torch.rand_like(images) * 2 - 1) * eps
     objective.delta = start.clone()
@@ -91,8 +94,9 @@ def test_free_at_fit_makes_replays_steps_per_batch_and_round_trips_state(tmp_pat
     handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     try:
         images, labels = random_batch(20)
-        objective = make_free_at(FreeATConfig(eps=0.05, replays=3))
-        cfg = build_config(TrainConfig, {"epochs": 2, "batch_size": 8, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"})
+        objective = FreeAdversarialTraining(FreeATConfig(eps=0.05, replays=3))
+        cfg = build_config(TrainConfig, {"epochs": 2, "batch_size": 8, "optimizer": "sgd", "lr": 0.01,
+                                         "schedule": "cosine"})
         fit(tiny_model(), ImageSet(images, labels), objective, cfg, RunContext(show_progress=False),
             checkpoint=tmp_path / "train.pt")
     finally:
@@ -100,7 +104,7 @@ def test_free_at_fit_makes_replays_steps_per_batch_and_round_trips_state(tmp_pat
     assert len(steps) == 2 * math.ceil(20 / 8) * 3
     assert objective.delta.shape == (8, 1, 8, 8) and objective.delta.abs().max() > 0
     saved = torch.load(tmp_path / "train.pt", weights_only=True)["objective"]  # what a resumed fit loads
-    restored = make_free_at(FreeATConfig(eps=0.05, replays=3))
+    restored = FreeAdversarialTraining(FreeATConfig(eps=0.05, replays=3))
     restored.load_state_dict(saved)
     assert torch.equal(restored.delta, objective.delta)
     restored.loss(tiny_model(), images[:8], labels[:8])
@@ -117,7 +121,7 @@ def test_free_at_rejects_other_norms(write_recipe, cli):
 
 def test_trades_loss_is_ce_plus_beta_kl_with_the_clean_softmax_not_detached(one_thread):
     beta = 2.5
-    objective = make_trades(TRADESConfig(beta=beta))
+    objective = TRADES(TRADESConfig(beta=beta))
     model = tiny_model()
     images, labels = random_batch(8)
     fixed = (images + 0.05 * torch.randn_like(images)).clamp(0, 1)
@@ -137,7 +141,8 @@ def test_trades_loss_is_ce_plus_beta_kl_with_the_clean_softmax_not_detached(one_
         torch.testing.assert_close(a, b)
     # Detaching the clean softmax (what the reference does NOT do) changes the gradient.
     model.zero_grad()
-    detached = F.cross_entropy(model(images), labels) + beta * (p.detach() * (p.detach().log() - F.log_softmax(model(fixed), 1))).sum(1).mean()
+    kl = (p.detach() * (p.detach().log() - F.log_softmax(model(fixed), 1))).sum(1).mean()
+    detached = F.cross_entropy(model(images), labels) + beta * kl
     detached.backward()
     assert any(not torch.allclose(a, b) for a, b in zip(ours, weight_grads(model)))
 
@@ -145,10 +150,10 @@ def test_trades_loss_is_ce_plus_beta_kl_with_the_clean_softmax_not_detached(one_
 def test_trades_beta_zero_is_cross_entropy_and_zero_steps_is_the_gaussian_start(one_thread):
     model = tiny_model()
     images, labels = random_batch(8)
-    plain = make_trades(TRADESConfig(beta=0.0)).loss(model, images, labels)
+    plain = TRADES(TRADESConfig(beta=0.0)).loss(model, images, labels)
     torch.testing.assert_close(plain, F.cross_entropy(model(images), labels))
     torch.manual_seed(5)
-    start = make_trades(TRADESConfig(steps=0)).perturb(model, images)
+    start = TRADES(TRADESConfig(steps=0)).perturb(model, images)
     torch.manual_seed(5)
     torch.testing.assert_close(start, (images + 0.001 * torch.randn_like(images)).clamp(0, 1))
 
@@ -158,7 +163,7 @@ def test_trades_inner_point_stays_in_the_ball_and_raises_the_kl(norm, eps, alpha
     model = tiny_model()
     images, _ = random_batch(8)
     images[:, :, :2] = 0.0  # some pixels at the box boundary: the clip must hold there too
-    objective = make_trades(TRADESConfig(eps=eps, alpha=alpha, steps=6, norm=norm))
+    objective = TRADES(TRADESConfig(eps=eps, alpha=alpha, steps=6, norm=norm))
     adversarial = objective.perturb(model, images)
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     diff = (adversarial - images).flatten(1)
@@ -166,7 +171,8 @@ def test_trades_inner_point_stays_in_the_ball_and_raises_the_kl(norm, eps, alpha
     assert (size <= eps + 1e-5).all() and (size > eps / 4).all()
     with torch.no_grad():
         p = F.softmax(model(images), 1)
-        start = F.kl_div(F.log_softmax(model((images + 0.001 * torch.randn_like(images)).clamp(0, 1)), 1), p, reduction="sum")
+        noisy = (images + 0.001 * torch.randn_like(images)).clamp(0, 1)
+        start = F.kl_div(F.log_softmax(model(noisy), 1), p, reduction="sum")
         reached = F.kl_div(F.log_softmax(model(adversarial), 1), p, reduction="sum")
     assert reached > 10 * start
 
@@ -176,7 +182,7 @@ def test_trades_attack_mode_decides_whether_bn_statistics_move(one_thread):
     for mode, updates in [("eval", 2), ("train", 3 + 1 + 2)]:  # outer loss: clean + x'; train: 3 steps + the target
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 3)).train()
-        make_trades(TRADESConfig(steps=3, attack_mode=mode)).loss(model, images, labels)
+        TRADES(TRADESConfig(steps=3, attack_mode=mode)).loss(model, images, labels)
         assert model[1].num_batches_tracked.item() == updates and model.training
 
 
@@ -200,11 +206,12 @@ def test_pgd_at_l2_study_setting_trains_at_points_in_the_ball(monkeypatch, one_t
 
     def spy(self, images, labels):
         adversarial = original(self, images, labels)
-        seen.append((self.eps, self.alpha, self.steps, self.random_start, (adversarial - images).flatten(1).norm(dim=1)))
+        seen.append((self.eps, self.alpha, self.steps, self.random_start,
+                     (adversarial - images).flatten(1).norm(dim=1)))
         return adversarial
 
     monkeypatch.setattr(torchattacks.PGDL2, "forward", spy)
-    objective = make_pgd_at(PGDATConfig(norm="L2", eps=0.5, steps=3, alpha=1 / 3, random_start=True))
+    objective = PGDAdversarialTraining(PGDATConfig(norm="L2", eps=0.5, steps=3, alpha=1 / 3, random_start=True))
     images, labels = random_batch(8)
     loss = objective.loss(tiny_model(), images, labels)
     assert torch.isfinite(loss)
@@ -218,7 +225,7 @@ def test_pgd_at_attack_mode_decides_whether_bn_statistics_move(one_thread):
     for mode, updates in [("eval", 1), ("train", 3 + 1)]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 3)).train()
-        make_pgd_at(PGDATConfig(steps=3, attack_mode=mode)).loss(model, images, labels)
+        PGDAdversarialTraining(PGDATConfig(steps=3, attack_mode=mode)).loss(model, images, labels)
         assert model[1].num_batches_tracked.item() == updates and model.training
 
 
@@ -307,7 +314,7 @@ def test_simclr_head_is_trained_by_fit_and_not_part_of_the_model(one_thread):
     torch.manual_seed(0)
     model = small_cnn(3)
     images, labels = torch.rand(24, 1, 8, 8), torch.zeros(24, dtype=torch.long)
-    objective = make_simclr(SimCLRConfig(projection_dim=16))
+    objective = SimCLR(SimCLRConfig(projection_dim=16))
     objective.setup(model, torch.device("cpu"))
     before = {k: v.clone() for k, v in objective.head.state_dict().items()}
     encoder = model.body[0][0].weight.clone()
@@ -319,7 +326,7 @@ def test_simclr_head_is_trained_by_fit_and_not_part_of_the_model(one_thread):
     assert not torch.equal(encoder, model.body[0][0].weight)
     assert not any(k.startswith("head.0") or k.startswith("head.2") for k in model.state_dict())
     assert all(k in objective.state_dict() for k in ("head.0.weight", "head.2.bias"))
-    restored = make_simclr(SimCLRConfig(projection_dim=16))
+    restored = SimCLR(SimCLRConfig(projection_dim=16))
     restored.setup(model, torch.device("cpu"))
     restored.load_state_dict(objective.state_dict())
     assert all(torch.equal(v, objective.head.state_dict()[k]) for k, v in restored.head.state_dict().items())
@@ -327,7 +334,7 @@ def test_simclr_head_is_trained_by_fit_and_not_part_of_the_model(one_thread):
 
 def test_simclr_ignores_labels_and_sizes_the_hidden_layer(one_thread):
     model = small_cnn(3)
-    objective = make_simclr(SimCLRConfig(projection_hidden=7))
+    objective = SimCLR(SimCLRConfig(projection_hidden=7))
     objective.setup(model, torch.device("cpu"))
     assert objective.head[0].out_features == 7 and objective.head[2].out_features == 128
     images = torch.rand(10, 1, 8, 8)
@@ -355,16 +362,13 @@ def test_rtk_run_trains_a_source_with_each_new_objective(objective, write_recipe
 @pytest.mark.slow
 def test_free_at_on_digits_is_more_robust_than_natural_training_with_the_same_steps(one_thread):
     from rtk.stages.training import CrossEntropy
-    from rtk_plugins.attacks import PGDConfig, make_pgd
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-
-    splits = make_digits(DigitsConfig())
+    splits = build("dataset", "digits")
     images, labels = splits.test.take(torch.arange(len(splits.test)))
-    attack = make_pgd(build_config(PGDConfig, {"eps": 0.15, "steps": 20}))
+    attack = build("attack", "pgd", {"eps": 0.15, "steps": 20})
     results = {}
     # Same number of optimizer steps: 40 natural epochs, 40/4 free-at epochs of 4 replays.
     for name, objective, epochs in [("natural", CrossEntropy(), 40),
-                                    ("free-at", make_free_at(FreeATConfig(eps=0.15, replays=4)), 10)]:
+                                    ("free-at", FreeAdversarialTraining(FreeATConfig(eps=0.15, replays=4)), 10)]:
         torch.manual_seed(0)
         model = small_cnn(10)
         cfg = build_config(TrainConfig, {"epochs": epochs, "batch_size": 64, "lr": 3e-3})

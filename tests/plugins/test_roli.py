@@ -66,7 +66,8 @@ def test_variant_parameter_counts_swin():
     params = RoLI(RanLIConfig(variant="lora", lora_rank=4), False)._install_variant(model)
     assert sum(p.numel() for p in params) == sum(2 * (4 * d + d * 4) for d in dims) + 32 * CLASSES + CLASSES
     model = tiny_swin()
-    tables = sum(m.relative_position_bias_table.numel() for m in model.modules() if hasattr(m, "relative_position_bias_table"))
+    tables = sum(m.relative_position_bias_table.numel() for m in model.modules()
+                 if hasattr(m, "relative_position_bias_table"))
     by_name = RoLI(RanLIConfig(variant="bias"), False)._install_variant(model)
     only_bias = RoLI(RanLIConfig(variant="bias", bias_params="bias"), False)._install_variant(tiny_swin())
     assert tables > 0

@@ -9,6 +9,7 @@ from rtk.config.schema import TrainConfig
 from rtk.registry import default_registry
 from rtk.stages.training import fit
 from rtk_plugins.smoothing.noise_training import consistency_term
+from tests.helpers import build
 
 
 def objective(name, **options):
@@ -104,9 +105,11 @@ def reference_term(logits, lam, eta):
 
 def test_consistency_term_has_the_reference_value_and_finite_gradients_where_it_underflows():
     logits = [torch.randn(6, 5, generator=torch.Generator().manual_seed(s)) * 3 for s in range(3)]
-    assert float(consistency_term(logits, 10.0, 0.5)) == pytest.approx(float(reference_term(logits, 10.0, 0.5)), rel=1e-5)
+    expected = float(reference_term(logits, 10.0, 0.5))
+    assert float(consistency_term(logits, 10.0, 0.5)) == pytest.approx(expected, rel=1e-5)
     # Two copies that disagree by 200 logits: each puts an exact 0 where the other puts 1.
-    certain = [torch.tensor([[0.0, -200.0, -200.0]], requires_grad=True), torch.tensor([[-200.0, 0.0, -200.0]], requires_grad=True)]
+    certain = [torch.tensor([[0.0, -200.0, -200.0]], requires_grad=True),
+               torch.tensor([[-200.0, 0.0, -200.0]], requires_grad=True)]
     ours = consistency_term(certain, 10.0, 0.5)
     reference = reference_term(certain, 10.0, 0.5)
     assert torch.isfinite(ours) and float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
@@ -179,19 +182,18 @@ def test_noise_training_beats_natural_training_under_smoothing(one_thread):
     """Digits, small CNN, 15 epochs each, certified at sigma 0.5 on 90 test digits: the ordering
     of the papers (natural < Gaussian <= consistency), with margins far above seed noise for the first."""
     from rtk_plugins.smoothing.cohen import CohenCertifier
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-    from rtk_plugins.models import SmallCNNConfig, make_small_cnn
     from rtk_plugins.smoothing import CohenConfig
 
-    splits = make_digits(DigitsConfig())
+    splits = build("dataset", "digits")
     test = splits.test.subset(torch.arange(0, len(splits.test), 6))
     certifier = CohenCertifier(build_config(CohenConfig, {"sigma": 0.5, "n0": 50, "n": 500, "batch_size": 500}))
     metrics = {}
     for name, options in [("natural", {}), ("gaussian", {"sigma": 0.5}), ("consistency", {"sigma": 0.5, "lam": 5.0})]:
         torch.manual_seed(0)
-        model = make_small_cnn(build_config(SmallCNNConfig, {"channels": [8, 16], "feature_dim": 32}), 10)
+        model = build("model", "small-cnn", {"channels": [8, 16], "feature_dim": 32}, num_classes=10)
         ctx = RunContext(show_progress=False)
-        fit(model, splits.train, objective(name, **options), TrainConfig(epochs=15, batch_size=64, lr=3e-3), ctx, checkpoint=None)
+        fit(model, splits.train, objective(name, **options), TrainConfig(epochs=15, batch_size=64, lr=3e-3), ctx,
+            checkpoint=None)
         metrics[name] = certifier.summarize(certifier.certify_examples(model, test, ctx), ctx)["metrics"]
     for noisy in ("gaussian", "consistency"):
         assert metrics[noisy]["acr"] > metrics["natural"]["acr"] + 0.08

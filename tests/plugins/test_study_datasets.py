@@ -12,7 +12,8 @@ import torch
 from rtk.data import FileImageSet, apply_options
 from rtk.errors import DataError
 from rtk_plugins.study_datasets import (DATASETS, AircraftConfig, Caltech101Config, DtdConfig, Food101Config,
-                                        PetsConfig, Sun397Config, _loader)
+                                        PetsConfig, Sun397Config)
+from rtk_plugins.study_datasets import torchvision_data
 
 
 def _jpeg(path: Path, seed: int, size=(23, 31)) -> None:
@@ -24,8 +25,17 @@ def _jpeg(path: Path, seed: int, size=(23, 31)) -> None:
     Image.fromarray(pixels).save(path, format="JPEG")
 
 
+def write_lists(folder: Path, lists: dict[str, list[str]], pattern: str = "{}.txt") -> None:
+    """One text file per list (``folder/<pattern with the list's name>``), an entry a line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in lists.items():
+        (folder / pattern.format(name)).write_text("".join(f"{line}\n" for line in lines))
+
+
 def load(name, config):
-    return _loader(name)(config)
+    """The registered factory, which reads the dataset the config class names."""
+    assert type(config).dataset == name
+    return torchvision_data.load(config)
 
 
 @pytest.fixture
@@ -42,9 +52,7 @@ def dtd_root(tmp_path):
             lists[split].append(f"{cls}/{cls}_{i:04d}.jpg")
         lists["val2"].append(f"{cls}/{cls}_0000.jpg")
         lists["test2"].append(f"{cls}/{cls}_0001.jpg")
-    (base / "labels").mkdir()
-    for split, lines in lists.items():
-        (base / "labels" / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    write_lists(base / "labels", lists)
     return tmp_path
 
 
@@ -58,9 +66,7 @@ def pets_root(tmp_path):
             image_id = f"{breed}_{i + 1}"
             _jpeg(base / "images" / f"{image_id}.jpg", 100 * label + i)
             rows["trainval" if i < 3 else "test"].append(f"{image_id} {label} {species} 1")
-    (base / "annotations").mkdir()
-    for split, lines in rows.items():
-        (base / "annotations" / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    write_lists(base / "annotations", rows)
     return tmp_path
 
 
@@ -91,8 +97,7 @@ def aircraft_root(tmp_path):
             image_id = f"{c}{i:06d}"
             _jpeg(base / "images" / f"{image_id}.jpg", 2000 + 10 * c + i, size=(40, 24))
             rows["trainval" if i < 3 else "test"].append(f"{image_id} {variant}")
-    for split, lines in rows.items():
-        (base / f"images_variant_{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    write_lists(base, rows, "images_variant_{}.txt")
     return tmp_path
 
 
@@ -122,6 +127,7 @@ def test_every_study_dataset_is_registered_with_root_download_and_image_size():
         component, _ = registry.resolve("dataset", name)
         config = component.config()
         assert (config.root, config.download, config.image_size) == (None, False, 224)
+        assert config.dataset == name and component.target == "rtk_plugins.study_datasets.torchvision_data:load"
 
 
 def test_dtd_train_is_train_plus_val_of_the_partition(dtd_root):
@@ -203,7 +209,8 @@ def test_root_from_rtk_data(dtd_root, monkeypatch):
 
 @pytest.mark.parametrize("name, config, folder", [
     ("dtd", DtdConfig, "dtd/dtd"), ("flowers102", None, "flowers-102"), ("sun397", Sun397Config, "SUN397"),
-    ("stanford-cars", None, "stanford_cars"), ("caltech256", None, "caltech256"), ("food101", Food101Config, "food-101"),
+    ("stanford-cars", None, "stanford_cars"), ("caltech256", None, "caltech256"),
+    ("food101", Food101Config, "food-101"),
 ])
 def test_missing_files_name_the_folder_layout_and_source(tmp_path, name, config, folder):
     config = (config or DATASETS[name][0])(root=str(tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 
 import pytest
 import torch
@@ -18,8 +19,12 @@ from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry
 from rtk.stages.runner import Runner
 from rtk.stages.training import CrossEntropy
-from rtk_plugins.transfer import FinetuneConfig, LinearProbeConfig, MLPHeadConfig, RetrainLastKConfig, make_finetune, make_linear_probe, make_mlp_head, make_retrain_last_k
-from tests.helpers import quiet_context
+from rtk_plugins.transfer import FinetuneConfig, LinearProbeConfig, MLPHeadConfig, RetrainLastKConfig
+from rtk_plugins.transfer.finetune import Finetune
+from rtk_plugins.transfer.mlp_head import MLPHead
+from rtk_plugins.transfer.probe import LinearProbe
+from rtk_plugins.transfer.retrain_last_k import RetrainLastK
+from tests.helpers import build, quiet_context
 from tests.helpers import TINY_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,9 +48,7 @@ def bn_cnn(num_classes: int = 10, seed: int = 0) -> RtkModel:
 
 def digits_target(n: int = 200, classes=(5, 6, 7, 8, 9)) -> DataSplits:
     """The first ``n`` training digits of ``classes``, relabelled 0..k-1."""
-    from rtk_plugins.datasets import DigitsConfig, make_digits
-
-    splits = make_digits(DigitsConfig())
+    splits = build("dataset", "digits")
 
     def keep(split, limit):
         idx = torch.isin(split.labels, torch.tensor(classes)).nonzero().flatten()[:limit]
@@ -90,17 +93,18 @@ def test_linear_probe_honours_optimizer_decay_and_schedule():
                                            "decay_bias_and_norm": False, "schedule": "multistep", "milestones": [1],
                                            "gamma": 0.1, "epochs": 2, "batch_size": 64, "head_init": "zeros"})
     run_ctx = ctx()
-    make_linear_probe(cfg).transfer(model, data, run_ctx)
+    LinearProbe(cfg).transfer(model, data, run_ctx)
 
     head = nn.Linear(12, 5)
     nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
-    optimizer = torch.optim.SGD([{"params": [head.weight], "weight_decay": 0.05}, {"params": [head.bias], "weight_decay": 0.0}],
-                                lr=0.5, momentum=0.5)
+    optimizer = torch.optim.SGD([{"params": [head.weight], "weight_decay": 0.05},
+                                 {"params": [head.bias], "weight_decay": 0.0}], lr=0.5, momentum=0.5)
     generator = run_ctx.generator(offset=1000)  # fit's batch-order stream
     steps_per_epoch = math.ceil(len(data.train) / 64)
     step = 0
     for _ in range(2):
-        for z, y in iterate(ImageSet(features[:, :, None, None], data.train.labels), 64, shuffle=True, generator=generator):
+        cached = ImageSet(features[:, :, None, None], data.train.labels)
+        for z, y in iterate(cached, 64, shuffle=True, generator=generator):
             optimizer.zero_grad()
             nn.functional.cross_entropy(head(z.flatten(1)), y).backward()
             optimizer.step()
@@ -112,7 +116,7 @@ def test_linear_probe_honours_optimizer_decay_and_schedule():
     assert torch.allclose(model.head.bias, head.bias, atol=1e-5)
     # Decaying the bias too gives a different head: the option is not ignored.
     decayed = bn_cnn()
-    make_linear_probe(dataclasses.replace(cfg, decay_bias_and_norm=True)).transfer(decayed, data, ctx())
+    LinearProbe(dataclasses.replace(cfg, decay_bias_and_norm=True)).transfer(decayed, data, ctx())
     assert not torch.allclose(decayed.head.bias, head.bias, atol=1e-5)
 
 
@@ -121,43 +125,48 @@ def test_linear_probe_honours_optimizer_decay_and_schedule():
 
 def retrain(model, data, objective=None, **options):
     cfg = build_config(RetrainLastKConfig, {"epochs": 1, "batch_size": 50, "lr": 0.05, **options})
-    return make_retrain_last_k(cfg).transfer(model, data, ctx(), objective)
+    return RetrainLastK(cfg).transfer(model, data, ctx(), objective)
 
 
 def test_retrain_last_k_defaults_follow_section_3():
     cfg = RetrainLastKConfig()
     assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.batch_size, cfg.augment) == ("sgd", 0.9, 1e-3, 128, "crop-flip")
-    assert (cfg.k, cfg.reinit, cfg.bn) == (1, True, "train")
+    assert (cfg.k, cfg.reinit, cfg.bn_stats, cfg.bn_affine_trainable, cfg.head_init) == (
+        1, True, "batch", True, "default")
+    with pytest.raises(ConfigValueError, match='unknown key "bn"'):  # the shared BatchNormOptions vocabulary
+        build_config(RetrainLastKConfig, {"bn": "train"})
 
 
-@pytest.mark.parametrize("bn", ["train", "frozen-stats"])
-def test_retrain_last_k_trains_exactly_the_last_k_blocks(bn):
+@pytest.mark.parametrize("bn_stats", ["batch", "frozen"])
+def test_retrain_last_k_trains_exactly_the_last_k_blocks(bn_stats):
     data = digits_target()
     model = bn_cnn()
     before = snapshot(model)
     modes = {"body.0": [], "body.2": []}
     for name in modes:
         model.get_submodule(name).register_forward_pre_hook(lambda m, _, name=name: modes[name].append(m.training))
-    retrain(model, data, k=2, bn=bn)
+    retrain(model, data, k=2, bn_stats=bn_stats)
     after = snapshot(model)
     frozen = changed(before, after, "body.0") | changed(before, after, "body.1") | changed(before, after, "preprocess")
     assert frozen and not any(frozen.values())  # weights and BN statistics of earlier layers kept
     trained = {k: v for k, v in changed(before, after, "body.2").items() if not k.endswith("num_batches_tracked")}
-    if bn == "frozen-stats":
+    if bn_stats == "frozen":
         for key in bn_buffers("body.2", after):  # reset by reinit, then never updated
-            assert torch.equal(after[key], torch.zeros_like(after[key]) if "mean" in key else torch.ones_like(after[key]))
+            reset = torch.zeros_like(after[key]) if "mean" in key else torch.ones_like(after[key])
+            assert torch.equal(after[key], reset)
     assert all(trained.values()), trained
     assert model.num_classes == 5
-    assert modes["body.0"] and not any(modes["body.0"]) and all(modes["body.2"])  # frozen layers ran in eval mode every step
+    # The frozen layers ran in eval mode every step.
+    assert modes["body.0"] and not any(modes["body.0"]) and all(modes["body.2"])
     assert not model.training
 
 
-def test_retrain_last_k_bn_train_updates_only_the_retrained_statistics():
+def test_retrain_last_k_bn_stats_batch_updates_only_the_retrained_statistics():
     data = digits_target()
     model = bn_cnn()
     reset = bn_cnn()
     retrain(reset, data, k=2, epochs=0)
-    retrain(model, data, k=2, bn="train")
+    retrain(model, data, k=2, bn_stats="batch")
     after = snapshot(model)
     for key in bn_buffers("body.2", after):
         assert not torch.equal(after[key], reset.state_dict()[key])
@@ -223,7 +232,7 @@ def test_reinit_refuses_parameters_no_layer_resets():
 
 def mlp(model, data, **options):
     cfg = build_config(MLPHeadConfig, {"epochs": 2, "batch_size": 64, "width": 16, **options})
-    strategy = make_mlp_head(cfg)
+    strategy = MLPHead(cfg)
     return strategy, strategy.transfer(model, data, ctx())
 
 
@@ -253,18 +262,25 @@ def test_mlp_head_architecture(layers, batchnorm, dropout):
     assert not model.training
 
 
-def test_mlp_head_caches_features_once(monkeypatch):
-    import rtk_plugins.transfer.mlp_head as impl
+def feature_passes(monkeypatch, transfer) -> tuple[int, int, int]:
+    """Feature caches computed (rtk_plugins.transfer.heads, shared by the cached-feature strategies) and
+    images through the body while ``transfer(model, data)`` runs on bn_cnn() and digits_target(), and
+    the number of training images."""
+    import rtk_plugins.transfer.heads as heads
 
     calls = []
-    real = impl.compute_features
-    monkeypatch.setattr(impl, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = bn_cnn()
+    real = heads.compute_features
+    monkeypatch.setattr(heads, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, data = bn_cnn(), digits_target()
     seen = []
     model.body.register_forward_hook(lambda m, i, o: seen.append(len(o)))
-    data = digits_target()
-    mlp(model, data, epochs=3)
-    assert calls == [1] and sum(seen) == len(data.train)  # one pass over the images, none per epoch
+    transfer(model, data)
+    return len(calls), sum(seen), len(data.train)
+
+
+def test_mlp_head_caches_features_once(monkeypatch):
+    caches, images, n = feature_passes(monkeypatch, lambda model, data: mlp(model, data, epochs=3))
+    assert caches == 1 and images == n  # one pass over the images, none per epoch
 
 
 def test_mlp_head_rebuild_reloads_the_trained_head():
@@ -280,7 +296,7 @@ def test_mlp_head_rebuild_reloads_the_trained_head():
 
 def test_mlp_head_rejects_an_objective():
     with pytest.raises(RtkError, match=r"\[transfer.objective\]"):
-        make_mlp_head(MLPHeadConfig()).transfer(bn_cnn(), digits_target(), ctx(), CrossEntropy())
+        MLPHead(MLPHeadConfig()).transfer(bn_cnn(), digits_target(), ctx(), CrossEntropy())
 
 
 # ---------------------------------------------------------------- finetune
@@ -288,7 +304,7 @@ def test_mlp_head_rejects_an_objective():
 
 def finetune(model, data, **options):
     cfg = build_config(FinetuneConfig, {"epochs": 1, "batch_size": 50, "lr": 0.01, **options})
-    return make_finetune(cfg).transfer(model, data, ctx())
+    return Finetune(cfg).transfer(model, data, ctx())
 
 
 def test_finetune_frozen_stats_keeps_running_statistics_and_trains_affine():
@@ -297,7 +313,8 @@ def test_finetune_frozen_stats_keeps_running_statistics_and_trains_affine():
     after = snapshot(finetune(model, digits_target(), bn_stats="frozen"))
     stats = bn_buffers("body", before)
     assert len(stats) == 6 and all(torch.equal(before[k], after[k]) for k in stats)
-    assert all(changed(before, after, k)[k] for k in bn_affine(model)) and all(changed(before, after, "body.0.0").values())
+    assert all(changed(before, after, k)[k] for k in bn_affine(model))
+    assert all(changed(before, after, "body.0.0").values())
 
 
 def test_finetune_frozen_affine_keeps_scales_and_updates_statistics():
@@ -317,6 +334,42 @@ def test_finetune_default_trains_everything_and_old_bn_option_is_gone():
     assert all(v for k, v in changed(before, after, "body").items() if not k.endswith("num_batches_tracked"))
     with pytest.raises(ConfigValueError, match='unknown key "bn"'):
         build_config(FinetuneConfig, {"bn": "frozen"})
+
+
+# ---------------------------------------------------------------- declared traits
+
+
+@pytest.mark.parametrize("strategy", ["linear-probe", "mlp-head", "lwf"])
+def test_validate_rejects_an_objective_for_a_strategy_that_takes_none(strategy, write_recipe, cli):
+    recipe = swapped(f'strategy = "{strategy}"\nepochs = 3') + '\n[transfer.objective]\nname = "pgd-at"\n'
+    result = cli("validate", write_recipe(recipe))
+    assert result.exit_code != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]  # one line
+    assert f'[transfer.objective] strategy "{strategy}" does not train with an objective' in line
+    assert "finetune, neft, ranli, retrain-last-k, roli" in line and "linear-probe" not in line.split("takes one")[1]
+
+
+def test_validate_accepts_an_objective_for_a_strategy_that_takes_one(write_recipe, cli):
+    recipe = swapped('strategy = "finetune"\nepochs = 1') + '\n[transfer.objective]\nname = "pgd-at"\nsteps = 1\n'
+    result = cli("validate", write_recipe(recipe))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_registry_declares_which_strategies_take_an_objective():
+    registry = default_registry()
+    takes = {name for name in registry.names("strategy") if registry.get("strategy", name).trait("takes_objective")}
+    assert {"finetune", "retrain-last-k", "neft", "roli", "ranli"} <= takes
+    assert not takes & {"linear-probe", "mlp-head", "lwf"}
+
+
+def test_head_init_vocabulary_is_shared_and_uniform01_works_everywhere():
+    from rtk.config.schema import HeadInit
+
+    for config in (LinearProbeConfig, RetrainLastKConfig, FinetuneConfig):
+        assert typing.get_type_hints(config)["head_init"] == HeadInit
+    model = LinearProbe(build_config(LinearProbeConfig, {"epochs": 0, "head_init": "uniform01"})).transfer(
+        bn_cnn(), digits_target(), ctx())
+    assert model.head.weight.min() >= 0 and model.head.bias.min() >= 0 and model.head.weight.max() < 1
 
 
 # ---------------------------------------------------------------- end to end
@@ -342,25 +395,25 @@ def test_rtk_run_with_each_strategy(table, write_recipe, tmp_path, cli):
 def test_mlp_head_run_resumes_from_the_saved_checkpoint(write_recipe, tmp_path, cli, monkeypatch):
     """A run stopped after the transfer finished (during evaluation) resumes by rebuilding the MLP head
     and loading the saved target weights, without training again, and reports what an uninterrupted run does."""
-    import rtk.stages.runner
+    import rtk.stages.evaluate
     import rtk_plugins.transfer.mlp_head as impl
 
     recipe = write_recipe(swapped('strategy = "mlp-head"\nepochs = 3\nhidden_layers = 2\nwidth = 32\nbatchnorm = true'))
     whole = tmp_path / "whole"
     assert cli("run", recipe, "--out", whole, "--quiet").exit_code == 0
     out = tmp_path / "out"
-    real_evaluate = rtk.stages.runner.evaluate
+    real_evaluate = rtk.stages.evaluate.evaluate
 
     def interrupted(model, data, attacks, *args, **kwargs):
         if attacks:  # the target's evaluation, not the source's clean accuracy
             raise RuntimeError("stopped during evaluation")
         return real_evaluate(model, data, attacks, *args, **kwargs)
 
-    monkeypatch.setattr(rtk.stages.runner, "evaluate", interrupted)
+    monkeypatch.setattr(rtk.stages.evaluate, "evaluate", interrupted)
     with pytest.raises(RuntimeError, match="stopped during evaluation"):
         Runner(load_recipe(recipe), default_registry(), out, show_progress=False).run()
     assert (out / "checkpoints" / "run-0.safetensors").is_file()
-    monkeypatch.setattr(rtk.stages.runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(rtk.stages.evaluate, "evaluate", real_evaluate)
     monkeypatch.setattr(impl.MLPHead, "transfer", lambda *a, **k: pytest.fail("trained again"))
     result = cli("run", recipe, "--out", out, "--quiet", "--resume")
     assert result.exit_code == 0, result.stderr

@@ -2,15 +2,15 @@
 
 Adds the attack ``uniform-noise`` and the transfer strategy ``nearest-class-mean``. This module
 is imported whenever rtk loads its plugins (``rtk list-plugins``, ``rtk validate``), so it only
-defines configs and hook implementations; torch and the actual work live in the submodules
-``noise`` and ``ncm``, imported by the factories when a recipe uses the component.
+holds configs and register lines; torch and the actual work live in the submodules ``noise`` and
+``ncm``, named by "module:Class" strings that rtk imports only when a recipe uses the component.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import rtk
-from rtk.config.fields import option
+from rtk.config import option
 
 __version__ = "0.1.0"
 
@@ -43,29 +43,22 @@ class NearestClassMeanConfig:
     never predicted. Defaults: normalize = true, feature_batch_size = 512.
     """
 
-    normalize: bool = option(True, help="cosine NCM on L2-normalised features (false: Euclidean distance to the raw class means)")
+    normalize: bool = option(True, help=(
+        "cosine NCM on L2-normalised features (false: Euclidean distance to the raw class means)"))
     feature_batch_size: int = option(512, min=1, help="batch size of the one feature-extraction pass")
-
-
-def make_uniform_noise(config: UniformNoiseConfig):
-    from rtk_plugin_example.noise import UniformNoise
-
-    return UniformNoise(config)
-
-
-def make_nearest_class_mean(config: NearestClassMeanConfig):
-    from rtk_plugin_example.ncm import NearestClassMean
-
-    return NearestClassMean(config)
 
 
 @rtk.hookimpl
 def register_attacks(register):
-    register("uniform-noise", make_uniform_noise, config=UniformNoiseConfig,
+    # sanity_fields: the config field the sanity checks may vary for each role (eps-zero, large-eps).
+    register("uniform-noise", "rtk_plugin_example.noise:UniformNoise", config=UniformNoiseConfig,
+             sanity_fields={"eps": "eps"},
              summary="Uniform random noise in the Linf ball, best of k draws (gradient-free sanity baseline)")
 
 
 @rtk.hookimpl
 def register_transfer_strategies(register):
-    register("nearest-class-mean", make_nearest_class_mean, config=NearestClassMeanConfig,
+    # takes_objective=False: the head is set in closed form, so rtk validate rejects a [transfer.objective].
+    register("nearest-class-mean", "rtk_plugin_example.ncm:NearestClassMean", config=NearestClassMeanConfig,
+             takes_objective=False,
              summary="Frozen source, features cached once, head set to the (cosine) class means; no training")
