@@ -12,6 +12,7 @@ AutoAttack, RobustBench and Cohen et al. assume. It exposes:
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,19 @@ import torch
 from torch import nn
 
 from rtk.errors import OutputError, WeightsError
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool = False):
+    """Put ``model`` in train or eval mode within the block; restore each submodule's mode after."""
+    previous = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for module, mode in previous:
+            module.training = mode
+
 
 
 class Normalize(nn.Module):
@@ -166,7 +180,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    from rtk.services.results import atomic_write
+    from rtk.services.state import atomic_write
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     try:

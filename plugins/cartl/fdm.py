@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.errors import RtkError
 from rtk.stages.training import Objective
 from rtk_plugins.attacks.pgd import torchattacks_pgd

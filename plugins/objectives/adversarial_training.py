@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.stages.training import Objective
 from rtk_plugins.attacks.pgd import step_size, torchattacks_pgd
 

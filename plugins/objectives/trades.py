@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.stages.training import Objective
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.data import iterate
 from rtk.errors import RtkError
 from rtk.config.schema import TrainConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rtk_plugins.smoothing import report as certify_report
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.evaluation.certifier import Certifier
 from rtk.evaluation.robust_accuracy import batch_seed
 from rtk.services.state import model_digest, tensor_digest

@@ -69,7 +69,7 @@ def plot_curve(curve: list[list[float]], path: Path, title: str = "", cap: float
     # The object-oriented API renders with Agg without touching pyplot's global backend.
     from matplotlib.figure import Figure
 
-    from rtk.services.results import atomic_write
+    from rtk.services.state import atomic_write
 
     figure = Figure(figsize=(5, 3.5), layout="tight")
     axes = figure.add_subplot()
@@ -116,7 +116,7 @@ def _cell(row: dict, key: str):
 
 def write_tsv(path: Path | str, rows: list[dict]) -> None:
     """The rows, sorted by index, as a tab-separated file (atomic; floats at full precision)."""
-    from rtk.services.results import atomic_write_text
+    from rtk.services.state import atomic_write_text
 
     atomic_write_text(Path(path), format_tsv(rows))
 

@@ -5,22 +5,10 @@ eval mode (BN running statistics, no dropout), restoring every submodule's previ
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, train: bool = False):
-    """Put ``model`` in train or eval mode within the block; restore each submodule's mode after."""
-    previous = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for module, mode in previous:
-            module.training = mode
+from rtk.models import model_mode
 
 
 class Attack:

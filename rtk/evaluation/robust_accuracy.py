@@ -26,7 +26,7 @@ import torch
 
 from rtk.config.schema import EvalConfig
 from rtk.services import distributed
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.stages.context import RunContext
 from rtk.errors import RtkError
 from rtk.services.state import StateFile, model_digest, tensor_digest  # noqa: F401  (model_digest: re-exported)

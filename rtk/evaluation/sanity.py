@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from rtk.evaluation.attacks import model_mode
+from rtk.models import model_mode
 from rtk.stages.context import RunContext
 from rtk.errors import RtkError
 

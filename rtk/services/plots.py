@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rtk.errors import RtkError
-from rtk.services.results import atomic_write, metric_names
+from rtk.services.results import metric_names
+from rtk.services.state import atomic_write
 
 LOG_SPAN = 100.0  # more than two decades between the smallest and largest positive x: log axis
 

@@ -1,5 +1,4 @@
-"""Results: the results.json / results.csv schema and the results table (the atomic writers are
-rtk.services.state's, re-exported)."""
+"""Results: the results.json / results.csv schema and the results table, written atomically."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-# The atomic writers live with the resume state; re-exported here for the modules that import them from results.
-from rtk.services.state import atomic_write, atomic_write_text, stale_temporaries  # noqa: F401
+from rtk.services.state import atomic_write_text
 
 
 def jsonable(value: Any) -> Any:

@@ -44,7 +44,8 @@ from rtk.errors import RtkError
 from rtk.registry import Registry
 from rtk.services import distributed
 from rtk.services.locking import OutputLock
-from rtk.services.results import atomic_write_text, results_table, write_results
+from rtk.services.results import results_table, write_results
+from rtk.services.state import atomic_write_text
 from rtk.services.state import RunFolder
 from rtk.stages.certify import certify_target
 from rtk.stages.context import RunContext, resolve_device

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from rtk.evaluation.attacks import Attack, model_mode
+from rtk.evaluation.attacks import Attack
+from rtk.models import model_mode
 from rtk.augment import augment
 from rtk.errors import RtkError, WeightsError
 from rtk.evaluation.robust_accuracy import check_threat_model, select_indices

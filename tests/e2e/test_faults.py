@@ -14,7 +14,7 @@ import tomli_w
 
 from rtk.errors import OutputError
 from rtk.services.locking import LOCK_NAME, OutputLock
-from rtk.services.results import atomic_write_text
+from rtk.services.state import atomic_write_text
 from tests.helpers import TINY_RECIPE
 
 WEIGHTS_RECIPE = """
