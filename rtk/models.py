@@ -99,8 +99,10 @@ class RtkModel(nn.Module):
     def reset_head(self, num_classes: int, init: str = "default") -> nn.Linear:
         """Replace the head with a fresh Linear(feature_dim, num_classes).
 
-        init: "default" (PyTorch's Kaiming-uniform), "zeros", or "uniform-unit-scaling"
-        (TensorFlow's uniform_unit_scaling(1.0) with zero bias, as in Shafahi et al.'s code).
+        init: "default" (PyTorch's Kaiming-uniform), "zeros", "uniform-unit-scaling"
+        (TensorFlow's uniform_unit_scaling(1.0) with zero bias, as in Shafahi et al.'s code) or
+        "uniform01" (weight and bias from U[0, 1) drawn after the default init, as CARTL's trainer's
+        torch.rand_like does).
         """
         device = next(self.parameters()).device
         head = nn.Linear(self.feature_dim, num_classes).to(device)
@@ -111,8 +113,12 @@ class RtkModel(nn.Module):
             limit = (3.0 / self.feature_dim) ** 0.5
             nn.init.uniform_(head.weight, -limit, limit)
             nn.init.zeros_(head.bias)
+        elif init == "uniform01":
+            nn.init.uniform_(head.weight, 0.0, 1.0)
+            nn.init.uniform_(head.bias, 0.0, 1.0)
         elif init != "default":
-            raise ValueError(f'unknown head init "{init}"; use "default", "zeros" or "uniform-unit-scaling"')
+            raise ValueError(f'unknown head init "{init}"; use "default", "zeros", "uniform-unit-scaling"'
+                             ' or "uniform01"')
         self.head = head
         return head
 

@@ -14,7 +14,6 @@ from rtk_plugins.models.resnet import BasicBlock
 from rtk_plugins.models.wrn import WideBasic
 from rtk_plugins.transfer.base import Strategy
 from rtk_plugins.transfer.batchnorm import bn_layers, freeze_bn_affine
-from rtk_plugins.transfer.heads import new_head
 
 
 class ConvexWideBasic(WideBasic):
@@ -107,7 +106,7 @@ class NEFT(Strategy):
     def transfer(self, model, data, ctx, objective=None):
         cfg = self.config
         set_trainable(model, False)
-        new_head(model, data.num_classes, cfg.head_init)
+        model.reset_head(data.num_classes, cfg.head_init)
         if cfg.convex_residual:
             make_convex(model, cfg.k)
         trained = last_blocks(model, cfg.k)
@@ -140,7 +139,7 @@ class NEFT(Strategy):
     def rebuild(self, model, num_classes: int):
         """The folded NEFT architecture: a fresh head for ``num_classes`` and, with
         ``convex_residual``, the convex units (the spectral scaling is folded into the weights)."""
-        new_head(model, num_classes, self.config.head_init)
+        model.reset_head(num_classes, self.config.head_init)
         if self.config.convex_residual:
             make_convex(model, self.config.k)
         return model

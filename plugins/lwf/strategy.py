@@ -18,7 +18,7 @@ from rtk.stages.training import Objective, fit
 from rtk.stages.strategy import FeatureSet, set_trainable
 from rtk_plugins.transfer.base import Strategy, refuse_objective
 from rtk_plugins.transfer.batchnorm import freeze_bn_affine
-from rtk_plugins.transfer.heads import new_head, train_head_on_features
+from rtk_plugins.transfer.heads import train_head_on_features
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -83,7 +83,7 @@ class LwF(Strategy):
                                     " drop [transfer.objective] (or use finetune for adversarial training)")
         cfg = self.config
         warm = int(cfg.warm_start_fraction * cfg.epochs + 0.5)  # whole epochs, halves rounded up
-        z0 = train_head_on_features(model, data, ctx, cfg, lambda: new_head(model, data.num_classes, cfg.head_init),
+        z0 = train_head_on_features(model, data, ctx, cfg, lambda: model.reset_head(data.num_classes, cfg.head_init),
                                     "lwf: head only", epochs=warm, features="source features z0 (train)")
         if cfg.epochs - warm:
             train_all_weights(model, data.train, z0, dataclasses.replace(cfg, epochs=cfg.epochs - warm), ctx)

@@ -5,7 +5,6 @@ from rtk.stages.training import CrossEntropy, fit
 from rtk.stages.strategy import set_trainable
 from rtk_plugins.transfer.base import Strategy
 from rtk_plugins.transfer.batchnorm import freeze_bn_affine, train_mode
-from rtk_plugins.transfer.heads import new_head
 
 
 class Finetune(Strategy):
@@ -13,7 +12,7 @@ class Finetune(Strategy):
         cfg = self.config
         set_trainable(model, True)
         if cfg.reset_head or model.num_classes != data.num_classes:
-            new_head(model, data.num_classes, cfg.head_init)
+            model.reset_head(data.num_classes, cfg.head_init)
         if not cfg.bn_affine_trainable:
             freeze_bn_affine(model)
         fit(model, data.train, objective or CrossEntropy(), cfg, ctx, description="fine-tune",

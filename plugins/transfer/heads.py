@@ -1,27 +1,13 @@
-"""Fresh heads (rtk.config.HeadOptions' ``head_init``) and heads trained on cached frozen features,
-shared by linear-probe, mlp-head, lwf and CARTL's neft."""
+"""Heads trained on cached frozen features, shared by linear-probe, mlp-head and lwf."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
-import torch
 from torch import nn
 
 from rtk.stages.strategy import FeatureSet, compute_features, set_trainable
 from rtk.stages.training import CrossEntropy, fit
-
-
-def new_head(model, num_classes: int, init: str = "default") -> nn.Linear:
-    """``model.reset_head(num_classes, init)``; ``"uniform01"`` draws weight and bias from U[0, 1)
-    over PyTorch's default init, as CARTL's trainer does (torch.rand_like)."""
-    if init != "uniform01":
-        return model.reset_head(num_classes, init)
-    head = model.reset_head(num_classes)
-    with torch.no_grad():
-        head.weight.uniform_(0.0, 1.0)
-        head.bias.uniform_(0.0, 1.0)
-    return head
 
 
 def train_head_on_features(model, data, ctx, cfg, build_head: Callable[[], nn.Module], description: str, *,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from rtk_plugins.transfer.base import Strategy, refuse_objective
-from rtk_plugins.transfer.heads import new_head, train_head_on_features
+from rtk_plugins.transfer.heads import train_head_on_features
 
 
 class LinearProbe(Strategy):
@@ -10,7 +10,7 @@ class LinearProbe(Strategy):
         refuse_objective(objective, "linear-probe trains on cached clean features, so only natural training applies;"
                                     " drop [transfer.objective] or use finetune")
         cfg = self.config
-        train_head_on_features(model, data, ctx, cfg, lambda: new_head(model, data.num_classes, cfg.head_init),
+        train_head_on_features(model, data, ctx, cfg, lambda: model.reset_head(data.num_classes, cfg.head_init),
                                "linear probe")
         model.eval()
         return model

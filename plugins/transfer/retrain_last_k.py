@@ -9,7 +9,6 @@ from rtk.stages.training import CrossEntropy, fit
 from rtk.stages.strategy import set_trainable
 from rtk_plugins.transfer.base import Strategy
 from rtk_plugins.transfer.batchnorm import freeze_bn_affine, train_mode
-from rtk_plugins.transfer.heads import new_head
 
 
 def reinitialise(block: nn.Module, name: str) -> None:
@@ -35,7 +34,7 @@ class RetrainLastK(Strategy):
                            f" choose k between 1 and {count}")
         set_trainable(model, False)
         if cfg.reinit or model.num_classes != data.num_classes:
-            new_head(model, data.num_classes, cfg.head_init)
+            model.reset_head(data.num_classes, cfg.head_init)
         body_blocks = list(zip(model.block_names, model.blocks[:-1]))[count - cfg.k:]
         if cfg.reinit:
             for name, block in body_blocks:
