@@ -111,17 +111,38 @@ def cli(debug):
 @click.option("--deterministic", is_flag=True,
               help="Use only deterministic torch algorithms (slower on GPU; an operation without one fails);"
                    " recorded in env.json.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (each source reused from the store, trained or loaded; the runs that follow)"
+                   " and stop; writes nothing.")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="The source store (default $RTK_HOME, else ~/.cache/rtk).")
+@click.option("--download", is_flag=True,
+              help="Let the datasets of this run download missing files (torchvision's downloads).")
 @handle_errors
-def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic):
-    """Run RECIPE: train or load the source, transfer, evaluate, certify; write results to --out."""
+def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic, dry_run, store_dir, download):
+    """Run RECIPE: take each source from the store (training it there first when missing) or its
+    weights file, transfer, evaluate, certify; write results to --out."""
     from rtk.config.recipe import load_recipe
-    from rtk.stages.runner import Runner
+    from rtk.services.store import SourceStore
 
     if resume and out is None:
         fail("--resume needs --out DIR, the folder of the interrupted run")
     loaded = load_recipe(recipe, profile, list(overrides))
+    if dry_run:
+        from rtk.config.spec import resolve
+        from rtk.stages.datasets import Datasets
+        from rtk.stages.plan import plan
+
+        specs = resolve(loaded, registry())  # not allow_downloads: a dry run fetches nothing
+        profiled = f" (profile {profile})" if profile else ""
+        console.print(f"plan of {recipe}{profiled}, store {SourceStore(store_dir).root}:", highlight=False)
+        for line in plan(specs, SourceStore(store_dir), Datasets(), download):
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        return
+    from rtk.stages.runner import Runner
+
     runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
-                    resume=resume, deterministic=deterministic)
+                    resume=resume, deterministic=deterministic, store=SourceStore(store_dir), download=download)
     if runner.world.is_main:  # under torchrun only rank 0 speaks
         profiled = f" (profile {profile})" if profile else ""
         err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{profiled} -> {runner.out_dir}")
@@ -159,6 +180,7 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
               help="Override any key of the generated recipe, e.g. --set eval.attack_order=sequential.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--deterministic", is_flag=True, help="Use only deterministic torch algorithms; recorded in env.json.")
+@click.option("--download", is_flag=True, help="Let the dataset download missing files (torchvision's downloads).")
 @handle_errors
 def eval_command(**options):
     """Evaluate a weights file: clean, per-attack and robust accuracy, as `rtk run` reports them.
@@ -225,6 +247,15 @@ def list_plugins(kind, as_json, options_of):
         show_options(registry(), options_of, kind, as_json, console)
     else:
         show_components(registry(), kind, as_json, console)
+
+
+def _add_store_commands() -> None:
+    from rtk.store_command import sources
+
+    cli.add_command(sources)
+
+
+_add_store_commands()
 
 
 def main():

@@ -25,7 +25,9 @@ KINDS: dict[str, tuple[str, str]] = {
 # What a component of each kind may declare when it registers, with the defaults.
 TRAITS: dict[str, dict[str, Any]] = {
     "model": {},
-    "dataset": {},
+    # The published size of the dataset: (training images, classes); the plan of a dry run shows
+    # it when the files are not on this machine yet.
+    "dataset": {"sizes": None},
     "attack": {
         # The config fields the sanity checks may change, by role: {"eps": field, "steps": field,
         # "restarts": field}. A role left out is never varied (its check is skipped).

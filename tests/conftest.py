@@ -2,14 +2,27 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_NUM_THREADS", "2")
+# Never the user's store: fixtures wider than a test (module-scoped runs) use this one; each
+# test gets its own below.
+os.environ["RTK_HOME"] = tempfile.mkdtemp(prefix="rtk-test-home-")
 
 from tests.helpers import TINY_RECIPE
+
+
+@pytest.fixture(autouse=True)
+def source_store(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty source store ($RTK_HOME, which subprocesses inherit), so no
+    test reuses a source that another trained, and none writes to the user's ~/.cache/rtk."""
+    home = tmp_path_factory.mktemp("rtk-home")
+    monkeypatch.setenv("RTK_HOME", str(home))
+    return home
 
 
 @pytest.fixture

@@ -39,8 +39,17 @@ def run_on_mnist(path: Path, out: Path) -> list[dict]:
     from rtk.stages.runner import Runner
 
     root = require_mnist()
-    recipe = load_recipe(path, overrides=[f"source.data.root={root}", f"target.root={root}"])
-    return Runner(recipe, default_registry(), out, show_progress=False).run()["runs"]
+    # $RTK_DATA rather than --set source.data.root: a recipe that selects its source from another
+    # recipe has no [source.data] of its own.
+    previous = os.environ.get("RTK_DATA")
+    os.environ["RTK_DATA"] = str(root)
+    try:
+        return Runner(load_recipe(path), default_registry(), out, show_progress=False).run()["runs"]
+    finally:
+        if previous is None:
+            del os.environ["RTK_DATA"]
+        else:
+            os.environ["RTK_DATA"] = previous
 
 
 TINY_RECIPE = """

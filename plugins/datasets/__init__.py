@@ -29,8 +29,8 @@ class MnistConfig(DatasetConfig):
     """MNIST (60,000 train / 10,000 test, 1x28x28) from ROOT/MNIST/raw/ (the IDX files). Defaults:
     root = $RTK_DATA, download = false."""
 
-    root: str | None = option(None, path=True, help=_ROOT_HELP.format(layout="MNIST/raw/*-ubyte"))
-    download: bool = option(False, help=_DOWNLOAD_HELP)
+    root: str | None = option(None, path=True, key=False, help=_ROOT_HELP.format(layout="MNIST/raw/*-ubyte"))
+    download: bool = option(False, key=False, help=_DOWNLOAD_HELP)
 
 
 @dataclass
@@ -39,9 +39,9 @@ class CifarConfig(DatasetConfig):
     batches (ROOT/cifar-10-batches-py/ or ROOT/cifar-100-python/). Defaults: root = $RTK_DATA,
     download = false, image_size = unset (32 px as stored)."""
 
-    root: str | None = option(None, path=True,
+    root: str | None = option(None, path=True, key=False,
                               help=_ROOT_HELP.format(layout="cifar-10-batches-py/ or cifar-100-python/"))
-    download: bool = option(False, help=_DOWNLOAD_HELP)
+    download: bool = option(False, key=False, help=_DOWNLOAD_HELP)
     image_size: int | None = option(None, min=8, max=1024, help=(
         "resize to image_size x image_size (bilinear) as images are read, so attacks and smoothing noise act at that"
         " size (the transfer study: 224); unset keeps 32 px and lets the model resize inside, where an L2 radius means"
@@ -53,9 +53,9 @@ class SvhnConfig(DatasetConfig):
     """SVHN digits (73,257 train / 26,032 test, 3x32x32) from ROOT/SVHN/{train,test}_32x32.mat.
     Defaults: root = $RTK_DATA, download = false, extra = false."""
 
-    root: str | None = option(None, path=True,
+    root: str | None = option(None, path=True, key=False,
                               help=_ROOT_HELP.format(layout="SVHN/train_32x32.mat and SVHN/test_32x32.mat"))
-    download: bool = option(False, help=_DOWNLOAD_HELP)
+    download: bool = option(False, key=False, help=_DOWNLOAD_HELP)
     extra: bool = option(False, help="add the 531,131 'extra' images (SVHN/extra_32x32.mat) to the training set")
 
 
@@ -77,11 +77,14 @@ def register_datasets(register):
     register("digits", "rtk_plugins.datasets.digits:load_digits", config=DigitsConfig,
              summary="scikit-learn's bundled 8x8 handwritten digits (offline; 1,797 images)")
     register("mnist", "rtk_plugins.datasets.vision_data:load_mnist", config=MnistConfig,
-             summary="MNIST 28x28 digits from ROOT/MNIST/raw (root or RTK_DATA; download = true to fetch)")
+             summary="MNIST 28x28 digits from ROOT/MNIST/raw (root or RTK_DATA; download = true to fetch)",
+             sizes=(60_000, 10))
     for classes, folder in [(10, "cifar-10-batches-py"), (100, "cifar-100-python")]:
         register(f"cifar{classes}", f"rtk_plugins.datasets.vision_data:load_cifar{classes}", config=CifarConfig,
-                 summary=f"CIFAR-{classes} 32x32, {classes} classes, from ROOT/{folder} (root or RTK_DATA)")
+                 summary=f"CIFAR-{classes} 32x32, {classes} classes, from ROOT/{folder} (root or RTK_DATA)",
+                 sizes=(50_000, classes))
     register("svhn", "rtk_plugins.datasets.vision_data:load_svhn", config=SvhnConfig,
-             summary="SVHN 32x32 house-number digits from ROOT/SVHN/*_32x32.mat (root or RTK_DATA)")
+             summary="SVHN 32x32 house-number digits from ROOT/SVHN/*_32x32.mat (root or RTK_DATA)",
+             sizes=(73_257, 10))
     register("imagefolder", "rtk_plugins.datasets.vision_data:load_imagefolder", config=ImageFolderConfig,
              summary="your own images: ROOT/train/CLASS/* and ROOT/test/CLASS/*, resized and center-cropped")

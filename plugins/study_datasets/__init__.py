@@ -37,9 +37,9 @@ class StudyImageConfig(DatasetConfig):
 
     dataset: ClassVar[str]  # the registered name, by which rtk_plugins.study_datasets.torchvision_data reads the files
 
-    root: str | None = option(None, path=True,
+    root: str | None = option(None, path=True, key=False,
                               help=_ROOT_HELP.format(layout="the dataset's folder (see the dataset's description)"))
-    download: bool = option(False, help=_DOWNLOAD_HELP)
+    download: bool = option(False, key=False, help=_DOWNLOAD_HELP)
     image_size: int = option(224, min=1, max=4096, help=_SIZE_HELP)
 
 

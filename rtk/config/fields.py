@@ -16,10 +16,13 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 MISSING = dataclasses.MISSING
 
 
-def option(default=MISSING, *, help: str = "", min=None, max=None, default_factory=MISSING, path: bool = False):
-    """A config field with documentation, an optional range (inclusive), and ``path=True`` for
-    file or folder names (resolved relative to the recipe's folder)."""
-    meta = {"help": help, "path": path}
+def option(default=MISSING, *, help: str = "", min=None, max=None, default_factory=MISSING, path: bool = False,
+           key: bool = True):
+    """A config field with documentation, an optional range (inclusive), ``path=True`` for file or
+    folder names (resolved relative to the recipe's folder), and ``key=False`` for options that do
+    not change a trained source's weights (where data lives, downloads, checkpoint frequency), so
+    that they stay out of its store key (rtk.config.source_key)."""
+    meta = {"help": help, "path": path, "key": key}
     if min is not None:
         meta["min"] = min
     if max is not None:

@@ -198,10 +198,13 @@ def _check_depth(raw: dict, origin: str) -> None:
 
 
 def _flatten_profile(table: dict, prefix: str = ""):
-    """Profile keys are dotted strings ("source.train.epochs" = 1) or nested tables; sweep lists stay whole."""
+    """Profile keys are dotted strings ("source.train.epochs" = 1) or nested tables, merged key by key;
+    sweep lists and tables of dotted keys (``"source.where" = {...}``) are set whole."""
     for key, value in table.items():
         full = f"{prefix}{key}"
-        if isinstance(value, dict) and full != "sweep":
+        # A table keyed by dotted keys (a source selection's where) is a value, set whole.
+        selector = isinstance(value, dict) and any("." in str(k) for k in value)
+        if isinstance(value, dict) and full != "sweep" and not selector:
             yield from _flatten_profile(value, full + ".")
         elif full == "sweep" and isinstance(value, dict):
             for sweep_key, values in value.items():

@@ -56,7 +56,7 @@ class TrainConfig:
     augment: Literal["none", "crop", "flip", "crop-flip", "resized-crop-flip"] = option("none", help=(
         "batch augmentation (crop-flip = pad-4 random crop + horizontal flip; resized-crop-flip = ImageNet-style"
         " RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, back to the input size, + flip)"))
-    checkpoint_every: int = option(0, min=0, help=(
+    checkpoint_every: int = option(0, min=0, key=False, help=(
         "also save a resumable training checkpoint every N steps (0: at the end of every epoch only)"))
 
 

@@ -43,6 +43,17 @@ class SourceSpec:
     data: ComponentSpec | None = None
     train: TrainConfig | None = None
     objective: ComponentSpec | None = None
+    # The [run] seed and training autocast of the recipe that defines the source (another recipe's,
+    # for a source selected from it): they change its weights, so they are part of its store key.
+    seed: int = 0
+    amp: str = "off"
+    origin: str | None = None  # "RECIPE (sweep point id)" for a source selected from another recipe
+    imported: dict | None = None  # [source.import], the checkpoint to import
+
+    @property
+    def trained(self) -> bool:
+        """Trained here on [source.data] (and kept in the source store)."""
+        return self.data is not None
 
 
 @dataclass
@@ -61,9 +72,12 @@ class RunSpec:
 
 
 class Resolver:
-    def __init__(self, recipe: Recipe, registry: Registry):
+    def __init__(self, recipe: Recipe, registry: Registry, chain: tuple[Path, ...] = ()):
+        from rtk.config.selection import Selection
+
         self.recipe = recipe
         self.registry = registry
+        self.selection = Selection(self, chain)
 
     def fail(self, table: str, message: str) -> RecipeError:
         return self.recipe.error(table, message)
@@ -115,11 +129,15 @@ class Resolver:
                     object.__setattr__(config, f.name, str(self.recipe.folder / path))
         return config
 
-    def source(self, raw: dict) -> SourceSpec:
+    def source(self, raw: dict, run: RunConfig) -> SourceSpec:
         table = self.table(raw, "source", required=True)
+        if "recipe" in table:
+            return self.selection.select(table)
         model = self.component("model", table, "source", "model",
-                               ("weights", "num_classes", "data", "train", "objective", "label"))
-        spec = SourceSpec(model)
+                               ("weights", "num_classes", "data", "train", "objective", "label", "import"))
+        spec = SourceSpec(model, seed=run.seed, amp=run.amp)
+        if "import" in table:
+            spec.imported = self.imported(table)
         weights = table.get("weights")
         if weights is not None:
             if not isinstance(weights, str):
@@ -147,10 +165,21 @@ class Resolver:
             raise self.fail("source.objective", "has no effect without [source.data] and [source.train]")
         return spec
 
+    def imported(self, table: dict) -> dict:
+        """[source.import]: a published checkpoint. Its importers are not part of this version, so a
+        recipe that needs one says what is missing and how to run it meanwhile."""
+        found = self.table(table, "import")
+        if table.get("weights") is not None:
+            raise self.fail("source", "gives both weights and [source.import]; keep one")
+        where = found.get("url") or found.get("hub") or found.get("path") or "(no url, hub or path given)"
+        raise self.fail("source.import", f'needs the {found.get("format", "?")} checkpoint {where}, and this version'
+                        " of rtk cannot import checkpoints yet; convert it to an rtk safetensors file in a trusted"
+                        " environment and replace [source.import] with weights = PATH, or run --profile smoke")
+
     def point(self, point: SweepPoint) -> RunSpec:
         raw = point.raw
         run = self.plain(RunConfig, self.table(raw, "run"), "run")
-        source = self.source(raw)
+        source = self.source(raw, run)
         target_table = self.table(raw, "target")
         target = self.component("dataset", target_table, "target", "dataset") if target_table is not None else None
         transfer_table = self.table(raw, "transfer")

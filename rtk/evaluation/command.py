@@ -102,14 +102,14 @@ def eval_recipe(registry, *, model: str | None, model_option=(), weights: Path |
 
 
 def run_eval(registry, console, err_console, *, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
-             deterministic: bool = False, **options) -> dict:
+             deterministic: bool = False, download: bool = False, **options) -> dict:
     from rtk.stages.runner import Runner
 
     if resume and out is None:
         raise RtkError("--resume needs --out DIR, the folder of the interrupted evaluation")
     recipe = eval_recipe(registry, **options)
     runner = Runner(recipe, registry, out, show_progress=not quiet, console=err_console, resume=resume,
-                    overwrite=overwrite, deterministic=deterministic)
+                    overwrite=overwrite, deterministic=deterministic, download=download)
     err_console.print(f"rtk eval: {options['weights']} on {options['dataset']} -> {runner.out_dir}")
     payload = runner.run()
     runner.report(console)

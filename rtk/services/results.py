@@ -75,17 +75,36 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def reused_sources(runs: list[dict]) -> list[str]:
+    """One line per source taken from the store that another run made: its key, maker and place."""
+    lines = {}
+    for run in runs:
+        source = run.get("source", {})
+        if source.get("reused") and source.get("key") not in lines:
+            made = source.get("made_by") or {}
+            lines[source["key"]] = (f"source {source['key']} reused from the store: trained {made.get('created', '?')}"
+                                    f" by {made.get('recipe', '?')} ({made.get('point', '?')}); {source.get('store')}")
+    return list(lines.values())
+
+
 def results_table(runs: list[dict], title: str = "results") -> Table:
     """Accuracies per run, with the paper's number beside ours where the recipe gives one."""
     metrics = metric_names(runs)
     table = Table(title=title)
     table.add_column("run", style="bold")
+    stored = any("key" in run.get("source", {}) for run in runs)
+    if stored:
+        table.add_column("source")
     if any("source" in run for run in runs):
         table.add_column("source clean", justify="right")
     for name in metrics:
         table.add_column(name, justify="right")
     for run in runs:
         cells = [run["id"]]
+        if stored:
+            source = run.get("source", {})
+            cells.append(f"{source['key'][:8]} {'reused' if source.get('reused') else 'trained'}" if "key" in source
+                         else "file" if "weights" in source else "")
         if any("source" in r for r in runs):
             cells.append(_fmt(run.get("source", {}).get("clean")))
         for name in metrics:

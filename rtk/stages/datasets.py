@@ -9,6 +9,14 @@ from rtk.data import DataSplits, apply_options
 from rtk.errors import RtkError
 
 
+def allow_downloads(specs) -> None:
+    """--download: every dataset of the run that can fetch its files may (``download = true``)."""
+    for spec in specs:
+        for data in (spec.source.data, spec.target):
+            if data is not None and hasattr(data.config, "download"):
+                object.__setattr__(data.config, "download", True)
+
+
 def load_dataset(spec: ComponentSpec) -> DataSplits:
     data = spec.build()
     if not isinstance(data, DataSplits):

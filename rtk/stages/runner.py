@@ -44,12 +44,13 @@ from rtk.errors import RtkError
 from rtk.registry import Registry
 from rtk.services import distributed
 from rtk.services.locking import OutputLock
-from rtk.services.results import results_table, write_results
-from rtk.services.state import atomic_write_text
-from rtk.services.state import RunFolder
+from rtk.services.results import results_table, reused_sources, write_results
+from rtk.config.source_key import source_key
+from rtk.services.state import RunFolder, atomic_write_text
+from rtk.services.store import SourceStore
 from rtk.stages.certify import certify_target
 from rtk.stages.context import RunContext, resolve_device
-from rtk.stages.datasets import Datasets
+from rtk.stages.datasets import Datasets, allow_downloads
 from rtk.stages.evaluate import evaluate_target
 from rtk.stages.source import SourceStage
 from rtk.stages.transfer import TransferStage
@@ -93,10 +94,13 @@ EXISTING = ("{} already holds results.json; choose another --out, pass --overwri
 class Runner:
     def __init__(self, recipe: Recipe, registry: Registry, out_dir: Path | None = None, *,
                  show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False,
-                 deterministic: bool = False):
+                 deterministic: bool = False, store: SourceStore | None = None, download: bool = False):
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
+        if download:
+            allow_downloads(self.specs)
+        self.store = store or SourceStore()
         self.world = distributed.init(resolve_device(self.specs[0].run.device))
         if not self.world.is_main:  # rank 0 alone prints; the others would repeat every line
             show_progress, console = False, Console(quiet=True)
@@ -105,7 +109,9 @@ class Runner:
         self.show_progress, self.console = show_progress, console
         self.folder = RunFolder(self.out_dir, resume)
         self.datasets = Datasets()
-        self.source = SourceStage(self.specs, self.datasets, self.folder, recipe.path)
+        self.source = SourceStage(self.specs, self.datasets, self.folder, recipe.path, self.store,
+                                  lambda: environment(resolve_device(self.specs[0].run.device), self.specs[0].run.seed,
+                                                      self.deterministic))
         self.transfer = TransferStage(self.source, self.folder)
         self.runs: list[dict] = []
         if self.world.is_main:  # rank 0 takes the lock; another rank would find it taken
@@ -210,9 +216,11 @@ class Runner:
         atomic_write_text(self.out_dir / "env.json", json.dumps(env, indent=2) + "\n")
 
     def prepare(self) -> None:
-        """Load every dataset before anything is written, so missing data fails with an empty --out."""
+        """Load every dataset before anything is written, so missing data fails with an empty --out
+        (not the source data of a source that the store already holds)."""
         for spec in self.specs:
-            for data in (spec.source.data, spec.target):
+            stored = spec.source.trained and self.store.get(source_key(spec.source)) is not None
+            for data in (None if stored else spec.source.data, spec.target):
                 if data is not None:
                     self.datasets.get(data)
 
@@ -238,8 +246,17 @@ class Runner:
         finally:
             torch.use_deterministic_algorithms(previous)
 
+    def plan(self) -> list[str]:
+        """What will happen to each source, and the runs that follow (rtk.stages.plan)."""
+        from rtk.stages.plan import plan
+
+        return plan(self.specs, self.store, self.datasets)
+
     def _run(self) -> dict:
         self.prepare()
+        if self.world.is_main and self.console is not None:
+            for line in self.plan():
+                self.console.print(f"plan: {escape(line)}", highlight=False, soft_wrap=True)
         lock = OutputLock(self.out_dir) if self.world.is_main else contextlib.nullcontext()
         with lock:  # taken after prepare(), so a run whose data fails leaves no folder
             if not (self.resume or self.overwrite) and (self.out_dir / "results.json").exists():
@@ -278,6 +295,8 @@ class Runner:
         if not self.world.is_main:
             return
         console.print(self.table())
+        for line in reused_sources(self.runs):
+            console.print(escape(line), highlight=False, soft_wrap=True)
         for run in self.runs:
             for flag in run.get("flags", []):
                 where = f"{run['id']}: " if len(self.runs) > 1 else ""

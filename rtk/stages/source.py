@@ -1,25 +1,33 @@
-"""The source stage: build the source model, then train it (once per distinct [source] table of a
-sweep) or load its weights file.
+"""The source stage: build the source model, then take it from the source store, train it into the
+store, or load its weights file (once per distinct source of a sweep).
 
-A trained source's weights go to the run folder's checkpoints and its info after them (the
-layout is rtk.services.state's): a resumed run that finds the info loads the weights and never
-trains that source again. An interrupted training continues from its train-state checkpoint,
-which is deleted once the weights are saved.
+A trained source lives in the store (rtk.services.store) under its key (rtk.config.source_key):
+a run whose source is there loads it and trains nothing, and says so in its results. A missing one
+is trained under the store's lock for its key, so that a second run that needs it at the same
+time waits and then reuses it. Training keeps its resumable train-state checkpoint in the run
+folder (``--resume`` continues it), deleted once the weights are in the store.
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import random
+import time
+from datetime import datetime
+from pathlib import Path
 
 import torch
 
 from rtk.config.schema import EvalConfig
+from rtk.config.source_key import canonical, data_label, identity, source_key
 from rtk.config.spec import RunSpec
 from rtk.data import DataSplits
 from rtk.errors import RtkError
 from rtk.evaluation.robust_accuracy import evaluate
 from rtk.models import load_weights, read_state_dict, save_weights
+from rtk.services import distributed
 from rtk.services.state import RunFolder
+from rtk.services.store import Entry, SourceStore
 from rtk.stages.context import RunContext
 from rtk.stages.datasets import Datasets
 from rtk.stages.training import fit
@@ -36,72 +44,143 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def source_key(spec: RunSpec) -> str:
-    """The [source] table of a sweep point: points with the same one share their source."""
-    return json.dumps(spec.raw.get("source"), sort_keys=True, default=str)
+def group_of(spec: RunSpec) -> str:
+    """Sweep points with the same source share it (cheap: weights files by path, not content)."""
+    return canonical(identity(spec.source, hash_files=False))
 
 
 def accuracy(model, data, ctx: RunContext, batch_size: int = 512) -> float:
     return evaluate(model, data, [], ctx, EvalConfig(batch_size=batch_size))["metrics"]["clean"]
 
 
+def plugin_versions() -> dict[str, str]:
+    """The distributions that provide rtk plugins, with their versions."""
+    from importlib.metadata import entry_points
+
+    return {ep.dist.name: ep.dist.version for ep in entry_points(group="rtk") if ep.dist is not None}
+
+
+def stored_info(entry: Entry, run_dir) -> dict:
+    """A source's entry in results.json: where it is, what it measured, and whether it was reused
+    (made by another run; a resumed run that trained it before its interruption did not reuse it)."""
+    info = entry.info
+    reused = info.get("run_dir") != str(Path(run_dir).resolve())
+    found = {"key": entry.key, "reused": reused, "store": str(entry.path), "clean": info.get("clean"),
+             "final_loss": info.get("final_loss"), "train_seconds": info.get("train_seconds")}
+    if reused:
+        found["made_by"] = {k: info.get(k) for k in ("recipe", "point", "run_dir", "created")}
+    if info.get("defined_by"):
+        found["defined_by"] = info["defined_by"]
+    return found
+
+
 class SourceStage:
-    def __init__(self, specs: list[RunSpec], datasets: Datasets, folder: RunFolder, recipe_path):
+    def __init__(self, specs: list[RunSpec], datasets: Datasets, folder: RunFolder, recipe_path,
+                 store: SourceStore | None = None, environment=dict):
         self.datasets, self.folder, self.recipe_path = datasets, folder, recipe_path
-        self.trained: dict[str, tuple[dict, dict]] = {}  # source table -> (state dict, info)
-        keys = dict.fromkeys(source_key(spec) for spec in specs)
-        self.index = {key: k for k, key in enumerate(keys)}  # stable checkpoint names
+        self.store = store or SourceStore()
+        self.environment = environment  # the run's env.json contents, recorded with what it trains
+        self.trained: dict[str, tuple[dict, dict]] = {}  # group -> (state dict, info)
+        groups = dict.fromkeys(group_of(spec) for spec in specs)
+        self.index = {group: k for k, group in enumerate(groups)}  # stable train-state names
 
     def model(self, spec: RunSpec, ctx: RunContext):
         """The source model of ``spec`` and its info (the run's "source" entry): a copy of an earlier
-        sweep point's with the same [source], or built, then loaded from its weights file and/or trained."""
-        source, key = spec.source, source_key(spec)
-        data = self.datasets.get(source.data) if source.data else None
-        # Read the weights file once: for its class count and to load it (not again for a trained source).
-        weights = read_state_dict(source.weights) if source.weights is not None and key not in self.trained else None
-        known = weights if weights is not None else self.trained.get(key, ({}, {}))[0]
-        num_classes = self.num_classes(spec, data, known)
-        seed_everything(spec.run.seed)
-        model = ctx.fast_model(source.model.build(num_classes=num_classes).to(ctx.device))
-        if key in self.trained:
-            state, info = self.trained[key]
+        sweep point's with the same source, or built, then loaded from the store or its weights file,
+        or trained into the store."""
+        source, group = spec.source, group_of(spec)
+        if group in self.trained:
+            state, info = self.trained[group]
+            model = self.build(spec, ctx, state)
             model.load_state_dict(state)
             return model, info
-        info = {}
-        if source.weights is not None:
-            load_weights(model, source.weights, state=weights)
-            info["weights"] = str(source.weights)
-        if data is not None:
-            info = self.train(model, spec, data, ctx, self.index[key], info)
-        self.trained[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
+        if source.trained:
+            model, info = self.stored(spec, ctx, self.index[group])
+        else:
+            weights = read_state_dict(source.weights) if source.weights is not None else None
+            model = self.build(spec, ctx, weights or {})
+            info = {}
+            if weights is not None:
+                load_weights(model, source.weights, state=weights)
+                info["weights"] = str(source.weights)
+        self.trained[group] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, info)
         return model, info
+
+    def build(self, spec: RunSpec, ctx: RunContext, known: dict, data: DataSplits | None = None):
+        seed_everything(spec.source.seed)
+        num_classes = self.num_classes(spec, data, known)
+        return ctx.fast_model(spec.source.model.build(num_classes=num_classes).to(ctx.device))
 
     def num_classes(self, spec: RunSpec, data: DataSplits | None, weights: dict) -> int:
         """[source] num_classes, else the source dataset's class count, else the rows of the weights' head."""
         found = spec.source.num_classes or (data.num_classes if data else None)
-        if found is None and spec.source.weights is not None:
-            head = weights.get("head.weight")
-            found = head.shape[0] if head is not None else None
+        head = weights.get("head.weight")
+        if found is None and head is not None:
+            found = head.shape[0]
         if found is None:
             raise RtkError(f"{self.recipe_path}: [source] num_classes: cannot infer the source's class count;"
                            " set num_classes")
         return found
 
-    def train(self, model, spec: RunSpec, data: DataSplits, ctx: RunContext, k: int, info: dict) -> dict:
-        """Train source ``k`` on ``data`` and save it; its info. A resumed run that finished it loads it."""
-        marker = self.folder.source_info(k)
-        finished = marker.load()
-        if finished is not None:  # its weights and info were saved before the interruption
-            load_weights(model, self.folder.source_weights(k))
-            return finished
+    def stored(self, spec: RunSpec, ctx: RunContext, k: int):
+        """The trained source from the store, trained and added first when missing."""
+        key = source_key(spec.source)
+        entry = self.store.get(key)
+        if entry is not None:
+            return self.load(spec, ctx, entry), stored_info(entry, self.folder.root)
+        return self.train_once(spec, ctx, k, key)
+
+    def load(self, spec: RunSpec, ctx: RunContext, entry: Entry):
+        state = read_state_dict(entry.weights)
+        model = self.build(spec, ctx, state)
+        load_weights(model, entry.weights, state=state)
+        return model
+
+    def train_once(self, spec: RunSpec, ctx: RunContext, k: int, key: str):
+        """Train source ``key`` into the store, unless another process does it first: then wait
+        for it and reuse it. Every rank of a distributed run trains; rank 0 holds the lock."""
+        world = distributed.world()
+
+        def waiting(holder: str) -> None:
+            ctx.console.print(f"source {key}: {holder} is training it; waiting to reuse it")
+
+        with self.store.lock(key, waiting) if world.is_main else contextlib.nullcontext():
+            found = self.store.get(key) if world.is_main else None  # stored while this run waited
+            flag = distributed.broadcast_tensor(torch.tensor([float(found is None)]) if world.is_main else None, 0)
+            if float(flag[0]) == 0.0:
+                distributed.barrier()
+                entry = found or self.store.get(key)
+                return self.load(spec, ctx, entry), stored_info(entry, self.folder.root)
+            model, entry = self.train(spec, ctx, k, key)
+            distributed.barrier()  # rank 0 has published it before any rank goes on
+            info = stored_info(entry, self.folder.root) if entry is not None else {"key": key, "reused": False}
+            return model, info
+
+    def train(self, spec: RunSpec, ctx: RunContext, k: int, key: str) -> tuple[object, Entry | None]:
+        """Train the source and publish it (rank 0); the model, and its entry on rank 0."""
         source = spec.source
-        history = fit(model, data.train, source.objective.build(), source.train, ctx,
-                      description=f"source ({source.objective.name})", checkpoint=self.folder.train_state("source", k))
-        info.update(clean=accuracy(model, data.test, ctx), final_loss=history[-1] if history else None)
-        weights = self.folder.source_weights(k)
-        info["checkpoint"] = str(weights.relative_to(self.folder.root))
-        if ctx.world.is_main:
-            save_weights(model, weights)
-            self.folder.remove_training("source", k)
-            marker.save(info)  # after the weights: marks them complete
-        return info
+        data = self.datasets.get(source.data)
+        model = self.build(spec, ctx, {}, data)
+        started = time.perf_counter()
+        # The seed and autocast of the recipe that defines the source (a selected source keeps its own).
+        train_ctx = dataclasses.replace(ctx, run=dataclasses.replace(ctx.run, seed=source.seed, amp=source.amp))
+        label = data_label(identity(source, hash_files=False)["data"])
+        history = fit(model, data.train, source.objective.build(), source.train, train_ctx,
+                      description=f"source {key} ({source.objective.name} on {label})",
+                      checkpoint=self.folder.train_state("source", k))
+        seconds = time.perf_counter() - started
+        info = {"clean": accuracy(model, data.test, ctx), "final_loss": history[-1] if history else None,
+                "train_seconds": round(seconds, 3), "train_size": len(data.train), "test_size": len(data.test),
+                "num_classes": getattr(model, "num_classes", None), "model": source.model.name, "data": label,
+                "objective": source.objective.name, "epochs": source.train.epochs, "identity": identity(source),
+                "recipe": str(self.recipe_path), "point": spec.id, "defined_by": source.origin,
+                "run_dir": str(Path(self.folder.root).resolve()),
+                "created": datetime.now().isoformat(timespec="seconds"), "env": self.environment(),
+                "plugins": plugin_versions()}
+        if not distributed.world().is_main:
+            return model, None
+        entry = self.store.publish(key, lambda path: save_weights(model, path), info)
+        self.folder.remove_training("source", k)
+        ctx.console.print(f"source {key}: trained in {seconds:.1f} s (clean {info['clean']:.3f}); stored in"
+                          f" {entry.path}")
+        return model, entry

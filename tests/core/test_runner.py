@@ -3,6 +3,7 @@ import csv
 import json
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,21 +13,22 @@ import rtk.registry
 from rtk.config.fields import option
 from rtk.config.recipe import load_recipe
 from rtk.registry import default_registry, registry_with
+from rtk.services.store import SourceStore
 from rtk.stages.runner import Runner
 from tests.helpers import TINY_RECIPE, quiet_context
 
 
-def run_recipe(path, out, overrides=(), registry=None, profile=None):
+def run_recipe(path, out, overrides=(), registry=None, profile=None, store=None):
     recipe = load_recipe(path, profile, list(overrides))
-    return Runner(recipe, registry or default_registry(), out, show_progress=False).run()
+    return Runner(recipe, registry or default_registry(), out, show_progress=False,
+                  store=SourceStore(store) if store else None).run()
 
 
 def test_run_writes_every_output(tiny_recipe, tmp_path, cli):
     out = tmp_path / "out"
     result = cli("run", tiny_recipe, "--out", out, "--quiet")
     assert result.exit_code == 0, result.stderr
-    for name in ("recipe.resolved.toml", "env.json", "results.json", "results.csv", "checkpoints/source-0.safetensors",
-                 "checkpoints/run-0.safetensors"):
+    for name in ("recipe.resolved.toml", "env.json", "results.json", "results.csv", "checkpoints/run-0.safetensors"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["recipe"] == "tiny" and results["rtk_version"] == rtk.__version__ and results["complete"]
@@ -35,6 +37,10 @@ def test_run_writes_every_output(tiny_recipe, tmp_path, cli):
     assert all(0 <= v <= 1 for v in run["metrics"].values())
     assert run["metrics"]["robust"] <= run["metrics"]["PGD-5"] <= run["metrics"]["clean"]
     assert run["n_eval"] == 60 and run["source"]["clean"] > 0.8
+    # The source was trained into the store, not the run folder, and results.json says where it is.
+    assert run["source"]["reused"] is False and not (out / "checkpoints" / "source-0.safetensors").exists()
+    entry = SourceStore().get(run["source"]["key"])
+    assert str(entry.path) == run["source"]["store"] and entry.info["clean"] == run["source"]["clean"]
     env = json.loads((out / "env.json").read_text())
     assert env["seed"] == 0 and env["versions"]["torch"] and env["device"] == "cpu"
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -45,9 +51,10 @@ def test_run_writes_every_output(tiny_recipe, tmp_path, cli):
 
 
 def test_same_seed_same_numbers_on_cpu(tiny_recipe, tmp_path):
-    first = run_recipe(tiny_recipe, tmp_path / "a")["runs"][0]["metrics"]
-    second = run_recipe(tiny_recipe, tmp_path / "b")["runs"][0]["metrics"]
-    assert first == second
+    # Two stores, so that the second run trains its source again instead of reusing the first's.
+    first = run_recipe(tiny_recipe, tmp_path / "a", store=tmp_path / "store-a")["runs"][0]
+    second = run_recipe(tiny_recipe, tmp_path / "b", store=tmp_path / "store-b")["runs"][0]
+    assert first["metrics"] == second["metrics"] and not first["source"]["reused"] and not second["source"]["reused"]
 
 
 def test_existing_results_are_not_overwritten(tiny_recipe, tmp_path, cli):
@@ -78,8 +85,8 @@ def test_sweep_trains_each_distinct_source_once(write_recipe, tmp_path):
 
 
 def test_weights_file_as_source(tiny_recipe, write_recipe, tmp_path):
-    run_recipe(tiny_recipe, tmp_path / "first")
-    weights = tmp_path / "first" / "checkpoints" / "source-0.safetensors"
+    first = run_recipe(tiny_recipe, tmp_path / "first")
+    weights = Path(first["runs"][0]["source"]["store"]) / "weights.safetensors"
     text = TINY_RECIPE.split("[source.data]")[0].replace('feature_dim = 32', f'feature_dim = 32\nweights = "{weights}"')
     text += TINY_RECIPE.split("[source.train]")[1].split("\n", 5)[-1]  # keep [target] onward
     path = write_recipe(text, "from_weights.toml")

@@ -76,11 +76,14 @@ def test_two_processes_give_the_results_of_one(tmp_path, one_thread):
     (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     one, two = tmp_path / "one", tmp_path / "two"
     single = Runner(load_recipe(recipe), default_registry(), one, show_progress=False).run()
-    done = torchrun(tmp_path, "-m", "rtk", "run", recipe, "--out", two, "--quiet",
+    # Its own store, so that the two ranks train the source rather than reuse the single run's.
+    done = torchrun(tmp_path, "-m", "rtk", "run", recipe, "--out", two, "--quiet", "--store", tmp_path / "store2",
                     env={"RTK_AUDIT_OUT": str(two), "RTK_AUDIT_LOG": str(tmp_path / "audit")})
     assert done.returncode == 0, done.stderr[-3000:]
     double = json.loads((two / "results.json").read_text())
     (a,), (b,) = single["runs"], double["runs"]
+    assert a["source"]["key"] == b["source"]["key"] and not b["source"]["reused"]
+    assert b["source"]["store"].startswith(str(tmp_path / "store2"))
     assert a["metrics"] == b["metrics"] and a["n_eval"] == b["n_eval"] == 60
     assert a["source"]["clean"] == b["source"]["clean"]
     assert a["source"]["final_loss"] == pytest.approx(b["source"]["final_loss"], rel=1e-5)

@@ -16,6 +16,7 @@ from rtk.errors import RtkError
 from rtk.models import read_state_dict
 from rtk.config.recipe import load_recipe
 from rtk.registry import registry_with, using
+from rtk.services.store import SourceStore
 from rtk.stages.runner import Runner
 from rtk.stages.training import CrossEntropy, fit
 from tests.helpers import TINY_RECIPE
@@ -140,10 +141,13 @@ def same_run(out: Path, whole: Path) -> None:
     first, second = (json.loads((d / "results.json").read_text()) for d in (out, whole))
     assert first["complete"] and len(first["runs"]) == 2
     for a, b in zip(first["runs"], second["runs"]):
-        assert a["metrics"] == b["metrics"] and a["source"] == b["source"] and a["flags"] == b["flags"]
-    for name in ("source-0", "run-0", "run-1"):
-        mine, theirs = (read_state_dict(d / "checkpoints" / f"{name}.safetensors") for d in (out, whole))
-        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+        assert a["metrics"] == b["metrics"] and a["flags"] == b["flags"]
+        assert [a["source"][k] for k in ("key", "clean")] == [b["source"][k] for k in ("key", "clean")]
+    sources = [Path(json.loads((d / "results.json").read_text())["runs"][0]["source"]["store"]) for d in (out, whole)]
+    files = [(sources[0] / "weights.safetensors", sources[1] / "weights.safetensors")]
+    files += [(d / "checkpoints" / f"{name}.safetensors" for d in (out, whole)) for name in ("run-0", "run-1")]
+    for mine, theirs in ((read_state_dict(a), read_state_dict(b)) for a, b in files):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not (out / "train-state").exists() and not (out / "eval-state").exists()
 
 
@@ -154,6 +158,8 @@ def test_killed_during_source_training(recipe, registry, uninterrupted, tmp_path
     assert (state["epoch"], state["done"], state["step"]) == (0, 4, 4)  # mid-epoch: 4 of 10 batches
     resume(recipe, registry, out)
     same_run(out, uninterrupted)
+    # Resumed, not reused: this run trained the source (its own store; the fixture's run used another).
+    assert not json.loads((out / "results.json").read_text())["runs"][0]["source"]["reused"]
 
 
 def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_path, monkeypatch):
@@ -161,7 +167,7 @@ def test_killed_during_transfer_training(recipe, registry, uninterrupted, tmp_pa
     killed_at(recipe, out, 28)  # 2nd probe epoch, after the 1st epoch's checkpoint
     assert not (out / "train-state" / "source-0.pt").exists()  # dropped once the source was saved
     assert torch.load(out / "train-state" / "transfer-0.pt", weights_only=True)["epoch"] == 1
-    assert (out / "checkpoints" / "source-0.json").is_file()  # the finished source's info, saved after its weights
+    assert len(SourceStore().entries()) == 1  # the finished source is in the store
     import rtk.stages.source
 
     trained = []
