@@ -212,7 +212,7 @@ def validate(recipe, overrides, profile):
     loaded = load_recipe(recipe, profile, list(overrides))
     specs = resolve(loaded, registry())
     for spec in specs:
-        paper_for(loaded, spec.params)
+        paper_for(loaded, spec.params, spec.cases)
     runs = f"{len(specs)} run{'s' if len(specs) != 1 else ''}"
     console.print(f"[green]ok[/green]: {recipe} is valid ({runs}; profiles: {', '.join(loaded.profiles) or 'none'})")
 

@@ -1,8 +1,9 @@
 """Built-in datasets. Every image is returned in [0, 1]; shared options come from rtk.config.schema.DatasetConfig.
 
-The torchvision datasets read local files under a data root (``root``, else $RTK_DATA) and only
-download when ``download = true``; see rtk_plugins.datasets.vision_data for the expected layouts
-(``digits`` comes from rtk_plugins.datasets.digits).
+The torchvision datasets read local files under a data root (``root``, else $RTK_DATA, else
+$RTK_HOME/data) and only download when ``download = true`` (``rtk run --download`` sets it); see
+rtk_plugins.datasets.vision_data for the expected layouts (``digits`` comes from
+rtk_plugins.datasets.digits).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import rtk
 from rtk.config import DatasetConfig, option
 
-_ROOT_HELP = "data root holding {layout} (default: the RTK_DATA environment variable; an error if neither is set)"
+_ROOT_HELP = "data root holding {layout} (default: $RTK_DATA, else the source store's data/ folder, $RTK_HOME/data)"
 _DOWNLOAD_HELP = "fetch the files into root when missing (needs network access; never done unless set)"
 
 
@@ -77,7 +78,7 @@ def register_datasets(register):
     register("digits", "rtk_plugins.datasets.digits:load_digits", config=DigitsConfig,
              summary="scikit-learn's bundled 8x8 handwritten digits (offline; 1,797 images)")
     register("mnist", "rtk_plugins.datasets.vision_data:load_mnist", config=MnistConfig,
-             summary="MNIST 28x28 digits from ROOT/MNIST/raw (root or RTK_DATA; download = true to fetch)",
+             summary="MNIST 28x28 digits from ROOT/MNIST/raw (root, RTK_DATA or $RTK_HOME/data; --download fetches it)",
              sizes=(60_000, 10))
     for classes, folder in [(10, "cifar-10-batches-py"), (100, "cifar-100-python")]:
         register(f"cifar{classes}", f"rtk_plugins.datasets.vision_data:load_cifar{classes}", config=CifarConfig,

@@ -1,9 +1,11 @@
 """torchvision datasets behind the dataset plugins: finding the files, turning torchvision's uint8
 arrays into in-memory ImageSets, and one-line DataErrors in place of torchvision's tracebacks.
 
-torchvision is only ever asked to download when the config says ``download = true``; otherwise
-the expected files are checked here first, so a missing dataset never reaches torchvision (whose
-message suggests a download) and never touches the network.
+The data root is ``root``, else $RTK_DATA, else the store's data folder (``rtk.services.store.home()
+/ "data"``), where ``--download`` puts what it fetches when neither is given. torchvision is only
+ever asked to download when the run says so (``--download``, which sets ``download = true``);
+otherwise the expected files are checked here first, so a missing dataset never reaches torchvision
+(whose message suggests a download) and never touches the network.
 """
 from __future__ import annotations
 
@@ -40,16 +42,27 @@ CIFAR100 = Layout("cifar-100-python", ("train", "test", "meta"))
 SVHN_SPLITS = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
 
 
-def resolve_root(root: str | None, dataset: str, example: str) -> tuple[Path, str]:
-    """The data root and where it came from (for messages): ``root``, else $RTK_DATA."""
+DOWNLOAD_ADVICE = "pass --download (rtk run / rtk eval) on a machine with network access"
+
+
+def data_home() -> Path:
+    """The default data root: the store's data folder (``$RTK_HOME/data``, else ``~/.cache/rtk/data``)."""
+    from rtk.services.store import home
+
+    return home() / "data"
+
+
+def resolve_root(root: str | None) -> tuple[Path, str]:
+    """The data root and where it came from (for messages): ``root``, else $RTK_DATA, else data_home()."""
     if root is not None and str(root).strip():
-        return Path(root).expanduser().resolve(), "root"
+        base = Path(root).expanduser().resolve()
+        return base, f"root = {base}"
     env = os.environ.get(DATA_ENV, "").strip()
     if env:
-        return Path(env).expanduser().resolve(), DATA_ENV
-    raise DataError(f'{dataset}: no data folder given; set root = "DIR" in the dataset table or the environment '
-                    f"variable {DATA_ENV}=DIR, where DIR holds {example} (or set download = true as well, "
-                    "on a machine with network access, to fetch it there)")
+        base = Path(env).expanduser().resolve()
+        return base, f"{DATA_ENV} = {base}"
+    base = data_home()
+    return base, f"neither root nor {DATA_ENV} is set, so rtk looked in the store's data folder {base}"
 
 
 def _cause(exc: BaseException) -> str:
@@ -60,16 +73,16 @@ def _cause(exc: BaseException) -> str:
 
 
 def require_files(dataset: str, layout: Layout, root: str | None, download: bool, advice: str) -> Path:
-    """The data root (``root``, else $RTK_DATA); without ``download``, every file of ``layout`` is
-    checked first, and missing ones are one DataError that ends with ``advice``."""
-    base, origin = resolve_root(root, dataset, f"{layout.folder}/...")
+    """The data root (resolve_root); without ``download``, every file of ``layout`` is checked
+    first, and missing ones are one DataError that says where rtk looked and ends with ``advice``."""
+    base, origin = resolve_root(root)
     folder = base / layout.folder
     if not download:
         missing = [name for name in layout.files
                    if not ((folder / name).is_dir() if name.endswith("/") else (folder / name).is_file())]
         if missing:
             what = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
-            raise DataError(f"{dataset}: dataset files not found in {folder} ({what}; {origin} = {base}); rtk expects "
+            raise DataError(f"{dataset}: dataset files not found in {folder} ({what}; {origin}); rtk expects "
                             f"{layout.pattern()}{advice}")
     return base
 
@@ -85,7 +98,7 @@ def read_split(dataset: str, split: str, folder: Path, download: bool, build: Ca
     except Exception as exc:
         if download:
             raise DataError(f"{dataset}: could not download or read the {split} split into {folder} ({_cause(exc)}); "
-                            f"check the network connection, or {by_hand} and set download = false") from None
+                            f"check the network connection, or {by_hand} and run without --download") from None
         raise DataError(f"{dataset}: cannot read the {split} split in {folder} ({_cause(exc)}); the files look "
                         f"{damaged}") from None
 
@@ -94,11 +107,11 @@ def open_torchvision(dataset: str, layout: Layout, root: str | None, download: b
                      build: Callable[[str, str], object], splits: tuple[str, ...]) -> list:
     """``build(root, split)`` for each split, with missing or unreadable files as one DataError."""
     base = require_files(dataset, layout, root, download,
-                         f"; point root (or {DATA_ENV}) at the folder that holds {layout.folder}/, or set"
-                         " download = true on a machine with network access")
+                         f"; point root (or {DATA_ENV}) at the folder that holds {layout.folder}/,"
+                         f" or {DOWNLOAD_ADVICE}")
     by_hand = f"copy the files there by hand ({layout.pattern()})"
-    damaged = (f"corrupt or truncated: replace them with intact copies ({layout.pattern()}), or delete them and set"
-               " download = true on a machine with network access")
+    damaged = (f"corrupt or truncated: replace them with intact copies ({layout.pattern()}), or delete them and"
+               f" {DOWNLOAD_ADVICE}")
     return [read_split(dataset, split, base / layout.folder, download, lambda split=split: build(str(base), split),
                        by_hand=by_hand, damaged=damaged) for split in splits]
 

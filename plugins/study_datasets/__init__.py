@@ -7,7 +7,8 @@ datasets; Birdsnap, which torchvision does not provide, goes through ``imagefold
 
 torchvision's dataset classes parse the files; images are decoded lazily, one at a time, and
 resized (short side to ``image_size``, then center-cropped to a square) so that batches stack.
-Files are read from ``root`` (else $RTK_DATA); nothing is downloaded unless ``download = true``.
+Files are read from ``root`` (else $RTK_DATA, else $RTK_HOME/data); nothing is downloaded unless
+``download = true`` (``rtk run --download`` sets it).
 
 Splits (Kornblith et al. Table A1; the study follows them):
 - official train/test where the dataset has one: Food-101 train/test; Stanford Cars train/test;
@@ -25,7 +26,7 @@ from typing import ClassVar, Literal
 import rtk
 from rtk.config import DatasetConfig, option
 
-_ROOT_HELP = "data root holding {layout} (default: the RTK_DATA environment variable; an error if neither is set)"
+_ROOT_HELP = "data root holding {layout} (default: $RTK_DATA, else the source store's data/ folder, $RTK_HOME/data)"
 _DOWNLOAD_HELP = "let torchvision fetch the files into root when missing (needs network access; never done unless set)"
 _SIZE_HELP = ("resize the short side to this many pixels, then center-crop a square, so batches stack (the model may"
               " resize again)")

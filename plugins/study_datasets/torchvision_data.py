@@ -5,7 +5,8 @@ torchvision's classes read the annotation files; rtk never decodes an image unti
 for it (FileImageSet over a LazyImages), so a 100k-image dataset costs a list of paths and labels.
 The expected files are checked before torchvision is called, so a missing dataset is one line
 naming the folder instead of torchvision's "use download=True" (and Caltech's classes, which
-create folders under root, are never reached).
+create folders under root, are never reached). The data root is ``root``, else $RTK_DATA, else the
+store's data folder, where ``--download`` puts what it fetches (see rtk_plugins.datasets.vision_data).
 """
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ import torch
 
 from rtk.data import DataSplits, FileImageSet
 from rtk.errors import DataError
-from rtk_plugins.datasets.vision_data import DATA_ENV, Layout, _cause, read_split, require_files
+from rtk_plugins.datasets.vision_data import (DATA_ENV, DOWNLOAD_ADVICE, Layout, _cause, read_split,
+                                              require_files)
 
 
 @dataclass(frozen=True)
 class Source(Layout):
-    """Where a dataset lives under root, what must be there (a trailing "/" marks a folder), and where to get it."""
+    """Where a dataset lives under root, what must be there (a trailing "/" marks a folder), where to get
+    it, and whether torchvision can still download it (``--download``)."""
 
     url: str
+    downloads: bool = True
 
 
 SOURCES = {
@@ -37,7 +41,8 @@ SOURCES = {
                          "https://data.caltech.edu/records/nyy15-4j048 (256_ObjectCategories.tar)"),
     "stanford-cars": Source("stanford_cars", ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train/",
                                               "cars_test/", "cars_test_annos_withlabels.mat"),
-                            "a mirror of the Stanford Cars files (the original site is gone; e.g. the Kaggle copy)"),
+                            "a mirror of the Stanford Cars files (the original site is gone; e.g. the Kaggle copy)",
+                            downloads=False),
     "fgvc-aircraft": Source("fgvc-aircraft-2013b", ("data/images/", "data/variants.txt", "data/families.txt",
                                                      "data/manufacturers.txt"),
                             "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (fgvc-aircraft-2013b.tar.gz)"),
@@ -86,12 +91,20 @@ def labels_of(dataset) -> list[int]:
                     f"changed its internals?); report this with your torchvision version")
 
 
+def downloading(name: str, config) -> bool:
+    """Whether torchvision is asked to download: ``download = true`` (--download), for a dataset it can
+    still fetch. Stanford Cars' download always raises, even over complete files, so it never is."""
+    return bool(config.download) and SOURCES[name].downloads
+
+
 def check_files(name: str, root: str | None, download: bool) -> Path:
     """The data root; without ``download``, every needed file checked first (one DataError)."""
     source = SOURCES[name]
+    fetch = (f", or {DOWNLOAD_ADVICE}" if source.downloads
+             else " (--download cannot fetch it: torchvision's download of it no longer works)")
     return require_files(name, source, root, download,
-                         f": get it from {source.url}, unpack it so that root (or {DATA_ENV}) holds {source.folder}/,"
-                         " or set download = true on a machine with network access")
+                         f"; get it from {source.url} and unpack it so that root (or {DATA_ENV}) holds"
+                         f" {source.folder}/{fetch}")
 
 
 def open_split(name: str, base: Path, download: bool, build: Callable[[str], object], split: str):
@@ -114,7 +127,7 @@ def builders(name: str, config) -> dict[str, Callable[[str], object]]:
     """torchvision constructors per official split: {"train": [...], "test": [...]} or {"all": [...]}."""
     from torchvision import datasets as tv
 
-    kw = dict(transform=transform(config.image_size), download=config.download)
+    kw = dict(transform=transform(config.image_size), download=downloading(name, config))
     if name == "food101":
         return {s: [lambda r, s=s: tv.Food101(r, split=s, **kw)] for s in ("train", "test")}
     if name == "stanford-cars":
@@ -187,8 +200,9 @@ def per_class_split(name: str, labels: torch.Tensor, train_per_class: int, test_
 
 
 def load_study_dataset(name: str, config) -> DataSplits:
-    base = check_files(name, config.root, config.download)
-    opened = {split: [open_split(name, base, config.download, build, split) for build in makers]
+    download = downloading(name, config)
+    base = check_files(name, config.root, download)
+    opened = {split: [open_split(name, base, download, build, split) for build in makers]
               for split, makers in builders(name, config).items()}
     if "all" in opened:
         (dataset,) = opened["all"]

@@ -30,6 +30,7 @@ class SweepPoint:
     id: str
     params: dict[str, Any]
     raw: dict
+    cases: list[str] = field(default_factory=list)  # the ids of its [[sweep.cases]]
 
 
 @dataclass
@@ -252,9 +253,11 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
     points, seen = [], {}
     for combo in itertools.product(*(axes[k] for k in keys)):
         raw = copy.deepcopy(base)
-        params, parts = {}, []
+        params, parts, cases = {}, [], []
         for assignment in combo:
             case_id = assignment.get("id")
+            if case_id is not None:
+                cases.append(str(case_id))
             values = {k: v for k, v in assignment.items() if k != "id"}
             params.update(values)
             parts.append(str(case_id) if case_id is not None
@@ -267,7 +270,7 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
             ident = f"{ident}#{seen[ident]}"
         else:
             seen[ident] = 0
-        points.append(SweepPoint(ident, params, raw))
+        points.append(SweepPoint(ident, params, raw, cases))
     return points
 
 
@@ -281,8 +284,9 @@ def _check_case(recipe: Recipe, index: int, case: Any) -> dict:
     return case
 
 
-def paper_for(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
-    """The published numbers for one run: top-level [paper] metrics plus every matching [[paper.rows]]."""
+def paper_for(recipe: Recipe, params: dict[str, Any], cases: list[str] = ()) -> dict[str, Any]:
+    """The published numbers for one run: top-level [paper] metrics plus every matching [[paper.rows]]
+    (``where`` matches swept values, and ``case = "ID"`` the point's [[sweep.cases]] ids)."""
     paper = recipe.raw.get("paper", {})
     if not isinstance(paper, dict):
         raise recipe.error("paper", "must be a table")
@@ -297,7 +301,7 @@ def paper_for(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
             raise recipe.error("paper", f"rows.{i}.where must be a table of dotted keys to values")
         numbers = {k: v for k, v in row.items() if k != "where"}
         _check_paper_numbers(recipe, numbers, f"paper.rows.{i}")
-        if all(_same(get_dotted_param(params, k), v) for k, v in where.items()):
+        if all(str(v) in cases if k == "case" else _same(get_dotted_param(params, k), v) for k, v in where.items()):
             result.update(numbers)
     return result
 

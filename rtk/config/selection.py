@@ -4,15 +4,16 @@ another table trains (from the store: it is trained once).
 
     [source]
     recipe = "shafahi_table1.toml"      # relative to this recipe's folder
-    where = { "source.objective" = "pgd-at", "source.data" = { dataset = "cifar100" } }
+    where = { "source.objective" = "pgd-at", case = "cifar100" }
     # profile = "smoke"                 # default: the profile this recipe runs with, when that
     #                                   # recipe has it ("" for none)
 
 ``where`` keys are dotted keys of the other recipe's sweep points: a swept key matches its swept
 value (a table with a name matches by the name alone, as in [[paper.rows]]), any other key the
-point's value. The points it selects must share one source; the error lists the sources there
-are. The source keeps that recipe's [run] seed and autocast (they shape its weights); --set
-overrides of this run do not reach it.
+point's value, and ``case = "ID"`` matches the points of the ``[[sweep.cases]]`` with that id.
+The points it selects must share one source; the error lists the sources there are. The source
+keeps that recipe's [run] seed and autocast (they shape its weights); --set overrides of this
+run do not reach it.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def inline(value: Any) -> str:
 
 def matches(point, where: dict) -> bool:
     for key, wanted in where.items():
+        if key == "case":  # the id of one of the point's [[sweep.cases]]
+            if str(wanted) not in point.cases:
+                return False
+            continue
         value = point.params[key] if key in point.params else get_dotted(point.raw, key)
         if not _same(value, wanted):
             return False
@@ -75,6 +80,9 @@ class Selection:
         if not isinstance(where, dict):
             raise self.fail(f"where: expected a table of dotted keys to values, got {where!r}")
         path = self.resolver.recipe.folder / Path(name).expanduser()
+        if not path.is_file():
+            raise self.fail(f"recipe: {path} is not a recipe file; give the path of the recipe that defines the"
+                            " source, relative to this recipe's folder")
         profile = self.profile(table, path)
         points = self.sources(path, profile)
         chosen = [(point, source) for point, source in points if matches(point, where)]
@@ -83,10 +91,11 @@ class Selection:
             point, source = groups[0]
             source.origin = f"{name} ({point.id})"
             return source
-        listed = "; ".join(inline(self.describe(point)) for point, _ in self.group(points))
         what = f"{name}{f' (profile {profile})' if profile else ''}"
         if not groups:
+            listed = "; ".join(inline(self.describe(point)) for point, _ in self.group(points))
             raise self.fail(f"where {inline(where)} selects no source of {what}; its sources: {listed}")
+        listed = "; ".join(inline(self.describe(point)) for point, _ in groups)
         raise self.fail(f"where {inline(where)} selects {len(groups)} sources of {what}; narrow it to one of: {listed}")
 
     def profile(self, table: dict, path: Path) -> str | None:
@@ -136,9 +145,15 @@ class Selection:
     @staticmethod
     def describe(point) -> dict:
         """A where table that picks ``point``'s source: its swept source values (a table with a name
-        by its name)."""
-        return {k: (_short(v) if isinstance(v, dict) and "name" in v else v) for k, v in point.params.items()
-                if k == "source" or k.startswith("source.")}
+        by its name), or its case ids where its cases set the source."""
+        found = {k: (_short(v) if isinstance(v, dict) and "name" in v else v) for k, v in point.params.items()
+                 if (k == "source" or k.startswith("source.")) and not k.startswith("source.data")}
+        data = {k: v for k, v in point.params.items() if k.startswith("source.data")}
+        if data and len(point.cases) == 1:
+            found["case"] = point.cases[0]
+        else:
+            found.update(data)
+        return found
 
 
 def _copy(source):

@@ -69,6 +69,7 @@ class RunSpec:
     eval: EvalConfig
     attacks: list[ComponentSpec] = field(default_factory=list)
     certify: ComponentSpec | None = None
+    cases: list[str] = field(default_factory=list)  # the ids of the point's [[sweep.cases]]
 
 
 class Resolver:
@@ -165,16 +166,17 @@ class Resolver:
             raise self.fail("source.objective", "has no effect without [source.data] and [source.train]")
         return spec
 
-    def imported(self, table: dict) -> dict:
+    def imported(self, table: dict) -> dict | None:
         """[source.import]: a published checkpoint. Its importers are not part of this version, so a
-        recipe that needs one says what is missing and how to run it meanwhile."""
+        recipe that needs one says what is missing and how to run it meanwhile. A ``weights`` file
+        (``--set source.weights=PATH``: the checkpoint converted by hand) takes its place."""
         found = self.table(table, "import")
         if table.get("weights") is not None:
-            raise self.fail("source", "gives both weights and [source.import]; keep one")
+            return None
         where = found.get("url") or found.get("hub") or found.get("path") or "(no url, hub or path given)"
         raise self.fail("source.import", f'needs the {found.get("format", "?")} checkpoint {where}, and this version'
                         " of rtk cannot import checkpoints yet; convert it to an rtk safetensors file in a trusted"
-                        " environment and replace [source.import] with weights = PATH, or run --profile smoke")
+                        " environment and pass --set source.weights=PATH, or run --profile smoke")
 
     def point(self, point: SweepPoint) -> RunSpec:
         raw = point.raw
@@ -219,7 +221,7 @@ class Resolver:
         if target is None and (attacks or certify):
             raise self.fail("target", "is missing: evaluation and certification need a [target] dataset")
         return RunSpec(point.id, point.params, raw, run, source, target, transfer, objective, evaluation, attacks,
-                       certify)
+                       certify, point.cases)
 
 
 def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:
@@ -227,5 +229,5 @@ def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:
     resolver = Resolver(recipe, registry)
     specs = [resolver.point(point) for point in recipe.points()]
     for spec in specs:  # a malformed [paper] must fail before training, not when the first run reports
-        paper_for(recipe, spec.params)
+        paper_for(recipe, spec.params, spec.cases)
     return specs

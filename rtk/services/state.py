@@ -3,12 +3,12 @@ each loaded, checked against its fingerprint, saved and removed in one way.
 
 The layout (``RunFolder``), under the run folder:
 
-    checkpoints/source-<k>.safetensors   weights of the k-th distinct source of the sweep (kept)
-    checkpoints/source-<k>.json          its info, written after the weights: marks them complete
     checkpoints/run-<i>.safetensors      run i's target model, saved before its evaluation (kept)
-    train-state/<stage>-<i>[.<n>].pt     fit's checkpoints (stage "source" or "transfer"; n counts a
-                                         strategy's second and later trainings), deleted once the
-                                         stage's weights are saved
+    train-state/<stage>-<i>[.<n>].pt     fit's checkpoints (stage "source", i the k-th distinct source
+                                         of the sweep, or "transfer"; n counts a strategy's second
+                                         and later trainings), deleted once the stage's weights are
+                                         saved (a trained source's go to the source store,
+                                         rtk.services.store, not to this folder)
     eval-state/run-<i>.json              run i's pending marker: trained, not yet in results.json
     eval-state/run-<i>.safetensors       run i's evaluation progress
     eval-state/<name>-<i>.jsonl          run i's per-example rows (``ctx.state("certify")``: a certifier's)
@@ -281,12 +281,6 @@ class RunFolder:
 
     def train_state(self, stage: str, index: int) -> Path:
         return train_state_path(self.train_dir, stage, index)
-
-    def source_weights(self, k: int) -> Path:
-        return self.root / CHECKPOINTS / f"source-{k}.safetensors"
-
-    def source_info(self, k: int) -> StateFile:
-        return StateFile(self.root / CHECKPOINTS / f"source-{k}.json", self.resume, kind="source training")
 
     def target_weights(self, index: int) -> Path:
         return self.root / CHECKPOINTS / f"run-{index}.safetensors"

@@ -75,7 +75,9 @@ class Entry:
         return self.path / WEIGHTS
 
     def problem(self) -> str | None:
-        """Why this entry cannot be used (missing file, size or hash mismatch), or None."""
+        """Why this entry cannot be used (unreadable info, missing file, size or hash mismatch), or None."""
+        if "_problem" in self.info:
+            return self.info["_problem"]
         if not self.weights.is_file():
             return f"{WEIGHTS} is missing"
         recorded = self.info.get("sha256")
@@ -136,8 +138,8 @@ class SourceStore:
 
     def find(self, prefix: str) -> Entry:
         """The entry whose key is ``prefix`` or starts with it (unverified), as `rtk sources show` takes it."""
-        matches = [e for e in self.entries() if e.key == prefix] or \
-                  [e for e in self.entries() if e.key.startswith(prefix)]
+        entries = self.entries()
+        matches = [e for e in entries if e.key == prefix] or [e for e in entries if e.key.startswith(prefix)]
         if not prefix or not matches:
             raise StoreError(f'no source "{prefix}" in the store {self.root}; `rtk sources` lists its keys')
         if len(matches) > 1:
@@ -174,6 +176,8 @@ class SourceStore:
 
     def remove(self, key: str) -> None:
         """Delete entry ``key`` (renamed aside first, so no reader sees half of it)."""
+        if not key or "/" in key or os.sep in key or key.startswith("."):
+            raise StoreError(f'"{key}" is not a source key; `rtk sources` lists them')
         folder = self.sources / key
         trash = self.sources / f".rm-{key}-{os.getpid()}"
         try:
@@ -188,9 +192,14 @@ class SourceStore:
         """Temporary folders a killed process left (older than a day, so never one being written)."""
         if not self.sources.is_dir():
             return []
-        now = time.time()
-        return [p for p in self.sources.iterdir() if p.name.startswith(".") and p.is_dir()
-                and now - p.stat().st_mtime > older_than]
+        now, found = time.time(), []
+        for path in self.sources.iterdir():
+            try:
+                if path.name.startswith(".") and path.is_dir() and now - path.stat().st_mtime > older_than:
+                    found.append(path)
+            except FileNotFoundError:  # renamed into place or removed meanwhile
+                pass
+        return found
 
     @contextlib.contextmanager
     def lock(self, key: str, on_wait: Callable[[str], None] = lambda holder: None) -> Iterator[None]:

@@ -191,7 +191,7 @@ class Runner:
                 extra["certify"], flags = certify_target(spec, model, target.test, result["indices"], ctx)
                 extra["flags"] = list(extra["flags"]) + flags
         run = {"id": spec.id, "params": spec.params, "metrics": metrics,
-               "paper": paper_for(self.recipe, spec.params), **extra,
+               "paper": paper_for(self.recipe, spec.params, spec.cases), **extra,
                "checkpoint": str(self.folder.target_weights(index).relative_to(self.out_dir)),
                "seconds": round(seconds + time.perf_counter() - started, 2)}
         if source_info:

@@ -142,7 +142,8 @@ class SourceStage:
         world = distributed.world()
 
         def waiting(holder: str) -> None:
-            ctx.console.print(f"source {key}: {holder} is training it; waiting to reuse it")
+            ctx.console.print(f"source {key}: {holder} is training it; waiting to reuse it", highlight=False,
+                              soft_wrap=True)
 
         with self.store.lock(key, waiting) if world.is_main else contextlib.nullcontext():
             found = self.store.get(key) if world.is_main else None  # stored while this run waited
@@ -182,5 +183,5 @@ class SourceStage:
         entry = self.store.publish(key, lambda path: save_weights(model, path), info)
         self.folder.remove_training("source", k)
         ctx.console.print(f"source {key}: trained in {seconds:.1f} s (clean {info['clean']:.3f}); stored in"
-                          f" {entry.path}")
+                          f" {entry.path}", highlight=False, soft_wrap=True)
         return model, entry

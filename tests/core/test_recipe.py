@@ -164,15 +164,66 @@ def test_debug_shows_the_traceback(write_recipe, cli):
         cli("--debug", "validate", path)
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_validates(recipe, cli):
-    result = cli("validate", recipe)
-    # Paper-scale recipes expect weights files the user brings; everything else must validate.
-    brings_weights = result.exit_code == 2 and "weights: file" in result.stderr and "does not exist" in result.stderr
-    assert result.exit_code == 0 or brings_weights, result.stderr
+SHIPPED = sorted((REPO / "recipes").rglob("*.toml"))
+# Recipes whose source is a published checkpoint rtk cannot train at a sensible cost (ImageNet
+# ResNet-50s, RoLI's Swin-B): they name it as [source.import], which this version cannot import
+# yet. Every other recipe trains its sources or selects them from another recipe.
+NEEDS_IMPORT = {"shafahi_table3", "shafahi_fig3", "shafahi_fig4", "study_table2", "study_table3", "study_table4",
+                "study_table5", "roli_cifar"}
+
+
+@pytest.fixture(scope="module")
+def fresh_recipes(tmp_path_factory):
+    """recipes/ as a fresh clone has it: the recipe files, no weights or imported checkpoints."""
+    root = tmp_path_factory.mktemp("clone") / "recipes"
+    for path in SHIPPED:
+        copy = root / path.relative_to(REPO / "recipes")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(path.read_bytes())
+    return root
+
+
+def test_needs_import_names_shipped_recipes():
+    assert NEEDS_IMPORT <= {p.stem for p in SHIPPED if p.parent == REPO / "recipes"}
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe, cli, fresh_recipes):
+    copy = fresh_recipes / recipe.relative_to(REPO / "recipes")
+    result = cli("validate", copy)
+    if recipe.stem in NEEDS_IMPORT and recipe.parent == REPO / "recipes":
+        # Not yet importable: one line that names [source.import] and says what to do meanwhile.
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert "[source.import]" in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+        assert "Traceback" not in result.stderr
+    else:
+        assert result.exit_code == 0, result.stderr
     profiles = load_recipe(recipe).profiles
     assert "smoke" in profiles, f"{recipe.name} needs a [profile.smoke]"
-    assert cli("validate", recipe, "--profile", "smoke").exit_code == 0
+    smoke = cli("validate", copy, "--profile", "smoke")
+    assert smoke.exit_code == 0, smoke.stderr
+
+
+def _keys_and_strings(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keys_and_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _keys_and_strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.name)
+def test_no_shipped_recipe_needs_a_weights_file(recipe):
+    """Sources are trained, selected from another recipe or imported; no recipe (profiles
+    included) points at a weights/ file the user has to make by hand. Comments may mention one."""
+    import tomllib
+
+    found = [s for s in _keys_and_strings(tomllib.loads(recipe.read_text(encoding="utf-8"))) if "weights/" in s]
+    assert not found, f"{recipe.name} names weights files: {found}"
 
 
 def test_readme_recipe_example_validates(tmp_path, cli):

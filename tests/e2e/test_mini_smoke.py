@@ -19,11 +19,10 @@ def test_there_are_eight_mini_recipes():
 
 @pytest.mark.data
 @pytest.mark.parametrize("path", MINI, ids=lambda p: p.stem)
-def test_mini_smoke_profile_runs_on_mnist(cli, tmp_path, one_thread, path):
-    root = require_mnist()
+def test_mini_smoke_profile_runs_on_mnist(cli, tmp_path, one_thread, path, monkeypatch):
+    monkeypatch.setenv("RTK_DATA", str(require_mnist()))  # also reaches a source selected from another recipe
     out = tmp_path / "out"
-    result = cli("run", path, "--profile", "smoke", "--out", out, "--quiet",
-                 "--set", f"source.data.root={json.dumps(str(root))}", "--set", f"target.root={json.dumps(str(root))}")
+    result = cli("run", path, "--profile", "smoke", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output + result.stderr
     payload = json.loads((out / "results.json").read_text())
     assert payload["complete"] and len(payload["runs"]) == len(load_recipe(path, "smoke").points())

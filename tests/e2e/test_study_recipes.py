@@ -1,10 +1,9 @@
 """The study's recipes (recipes/study_table{2,3,4,5}.toml; Vaishnavi, Eykholt, Rahmati, TMLR 2024):
-every one validates as shipped (given its weights files) and under each profile, carries the
+every one validates as shipped (but for the imports of its ImageNet sources) and under each profile, carries the
 paper's numbers, and runs end to end under its smoke profiles."""
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 
 import pytest
@@ -20,36 +19,19 @@ def test_the_four_tables_are_there():
     assert [p.name for p in RECIPES] == [f"study_table{i}.toml" for i in (2, 3, 4, 5)]
 
 
-def _weights(path) -> set[str]:
-    """The weights files a recipe names, in its sweep or its [source] table."""
-    text = path.read_text()
-    return {part.split('"')[0] for part in text.split('weights = "')[1:]}
-
-
-@pytest.fixture
-def with_weights(tmp_path):
-    """A copy of recipes/ with an (empty) file wherever a study recipe expects source weights:
-    validation checks that the files exist, not what they hold."""
-    folder = tmp_path / "recipes"
-    folder.mkdir()
-    for path in RECIPES:
-        shutil.copy(path, folder / path.name)
-        for weights in _weights(path):
-            target = (folder / weights).resolve()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
-    return folder
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_validates_with_its_weights_files_and_under_every_profile(cli, with_weights, path):
-    copy = with_weights / path.name
-    result = cli("validate", copy)
-    assert result.exit_code == 0, result.output
-    for profile in load_recipe(path).profiles:
-        result = cli("validate", copy, "--profile", profile)
-        assert result.exit_code == 0, f"--profile {profile}: {result.output}"
-    assert "smoke" in load_recipe(path).profiles
+def test_validates_in_place_except_for_its_imports(cli, path):
+    """The study's ImageNet sources are imports (published checkpoints); every profile that keeps
+    one names it in one line, the others validate."""
+    recipe = load_recipe(path)
+    for profile in [None, *recipe.profiles]:
+        imports = "import" in json.dumps([p.raw["source"] for p in load_recipe(path, profile).points()])
+        result = cli("validate", path, *(("--profile", profile) if profile else ()))
+        if imports:
+            assert result.exit_code == 2 and "[source.import]" in result.stderr, (profile, result.stderr)
+        else:
+            assert result.exit_code == 0, f"--profile {profile}: {result.output}{result.stderr}"
+    assert "smoke" in recipe.profiles
 
 
 @pytest.mark.parametrize("path, profile", SMOKE, ids=lambda v: getattr(v, "stem", v))
@@ -58,15 +40,8 @@ def test_smoke_profiles_validate_in_place_without_weights(cli, path, profile):
     assert result.exit_code == 0, result.output
 
 
-def test_missing_weights_are_named_by_validate(cli):
-    result = cli("validate", REPO / "recipes" / "study_table2.toml")
-    if result.exit_code == 0:  # someone put the weights in place
-        pytest.skip("the study's weights files are present")
-    assert result.exit_code == 2 and "weights" in result.stderr and "does not exist" in result.stderr
-
-
-def test_table2_numbers_reach_the_right_runs(with_weights):
-    recipe = load_recipe(with_weights / "study_table2.toml")
+def test_table2_numbers_reach_the_right_runs():
+    recipe = load_recipe(REPO / "recipes" / "study_table2.toml")
     points = recipe.points()
     assert len(points) == 36
     found = {}
@@ -77,13 +52,14 @@ def test_table2_numbers_reach_the_right_runs(with_weights):
     assert found[("dtd", "random")] == {"clean": 0.543, "robust": 0.481}
     assert found[("flowers102", "AT")] == {"clean": 0.937, "robust": 0.901}
     assert found[("imagefolder", "SimCLR")] == {"clean": 0.604, "robust": 0.444}  # Birdsnap
-    # the labels name the sources they stand for, so a row cannot reach the wrong weights
-    weights = {point.params["source"]["label"]: point.params["source"].get("weights", "") for point in points}
-    assert "at_l2" in weights["AT"] and "simclr" in weights["SimCLR"] and weights["random"] == ""
+    # the labels name the sources they stand for, so a row cannot reach the wrong checkpoint
+    imports = {point.params["source"]["label"]: point.params["source"].get("import", {}) for point in points}
+    assert imports["AT"]["format"] == "madrylab-robustness" and "l2_eps0.5" in imports["AT"]["url"]
+    assert imports["SimCLR"]["format"] == "simclr-converted" and imports["random"] == {}
 
 
-def test_table3_numbers_are_certified_metrics(with_weights):
-    recipe = load_recipe(with_weights / "study_table3.toml")
+def test_table3_numbers_are_certified_metrics():
+    recipe = load_recipe(REPO / "recipes" / "study_table3.toml")
     papers = [paper_for(recipe, p.params) for p in recipe.points()]
     assert len(papers) == 36
     assert all(set(p) == {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"} for p in papers)
@@ -94,8 +70,8 @@ def test_table3_numbers_are_certified_metrics(with_weights):
 
 @pytest.mark.parametrize("profile, keys", [
     (None, {"clean", "robust"}), ("certified", {"clean_smoothed_accuracy", "certified_accuracy@0.5", "acr"})])
-def test_table4_rows_follow_the_fine_tuning_objective(with_weights, profile, keys):
-    recipe = load_recipe(with_weights / "study_table4.toml", profile)
+def test_table4_rows_follow_the_fine_tuning_objective(profile, keys):
+    recipe = load_recipe(REPO / "recipes" / "study_table4.toml", profile)
     papers = [paper_for(recipe, p.params) for p in recipe.points()]
     assert len(papers) == 6 and all(set(p) == keys for p in papers)
     assert len({tuple(sorted(p.items())) for p in papers}) == 6  # each run its own row

@@ -132,10 +132,12 @@ def test_mnist_root_defaults_to_rtk_data(tiny_mnist, monkeypatch):
     assert len(load_mnist(MnistConfig()).test) == 5
 
 
-def test_mnist_without_root_or_rtk_data_says_how_to_fix(no_data_env):
+def test_mnist_without_root_or_rtk_data_says_how_to_fix(no_data_env, source_store):
     with pytest.raises(DataError, match="RTK_DATA") as info:
         load_mnist(MnistConfig())
-    assert "\n" not in str(info.value) and "download = true" in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "--download" in message
+    assert str(source_store / "data" / "MNIST" / "raw") in message  # where it looked: the store's data folder
 
 
 def test_mnist_missing_files_name_the_folder_and_layout(tmp_path, monkeypatch):
@@ -150,7 +152,7 @@ def test_mnist_missing_files_name_the_folder_and_layout(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "MNIST" / "raw") in message
-    assert "train-images-idx3-ubyte" in message and "RTK_DATA" in message and "download = true" in message
+    assert "train-images-idx3-ubyte" in message and "RTK_DATA" in message and "--download" in message
 
 
 def test_mnist_one_missing_file_is_named(tiny_mnist):
@@ -236,13 +238,14 @@ def test_missing_torchvision_files_name_folder_and_fix(tmp_path, factory, config
         factory(config(root=str(tmp_path)))
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / folder) in message
-    assert "RTK_DATA" in message and "download = true" in message
+    assert "RTK_DATA" in message and "--download" in message
 
 
 @pytest.mark.parametrize("factory, config", [(load_cifar10, CifarConfig), (load_svhn, SvhnConfig)])
-def test_missing_root_and_rtk_data(no_data_env, factory, config):
-    with pytest.raises(DataError, match="RTK_DATA"):
+def test_missing_root_and_rtk_data(no_data_env, source_store, factory, config):
+    with pytest.raises(DataError, match="RTK_DATA") as info:
         factory(config())
+    assert str(source_store / "data") in str(info.value) and "--download" in str(info.value)
 
 
 def test_cifar_files_that_fail_the_checksum_are_a_data_error(tmp_path):

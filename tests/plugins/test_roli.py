@@ -154,7 +154,7 @@ def test_warmup_then_cosine_factor():
 
 @pytest.mark.parametrize("profile", [None, "smoke"])
 def test_roli_recipe_validates(cli, tmp_path, profile):
-    # The full recipe needs the user's ARES weights file; the smoke profile unsets it.
+    # The full recipe imports the ARES Swin-B; a converted weights file takes its place; the smoke profile unsets it.
     weights = tmp_path / "ares.safetensors"
     weights.touch()
     args = ["validate", RECIPE] + (["--profile", profile] if profile else ["--set", f'source.weights="{weights}"'])

@@ -218,7 +218,7 @@ def test_missing_files_name_the_folder_layout_and_source(tmp_path, name, config,
         load(name, config)
     message = str(err.value)
     assert "\n" not in message and str(tmp_path / folder) in message and "no such folder" in message
-    assert "download = true" in message and "get it from" in message
+    assert "--download" in message and "get it from" in message
     assert list(tmp_path.iterdir()) == []  # nothing was created (torchvision's Caltech makes folders)
 
 
