@@ -233,7 +233,8 @@ def plot(run_dir, x_key, metrics, out):
 
 
 @cli.command("list-plugins")
-@click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier"]),
+@click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier",
+                                          "importer"]),
               help="Only components of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--options", "options_of", metavar="NAME",

@@ -94,5 +94,16 @@ def register_certifiers(register):
 
 
 @hookspec
+def register_importers(register):
+    """Register checkpoint importers: formats of published checkpoints ([source.import] format = NAME).
+
+    factory(config) -> ``rtk.importing.Importer``: reads a file with ``rtk.importing.safe_load`` (never
+    unpickling anything but tensors and the globals its format needs), builds the rtk model its network
+    maps onto, and loads the weights and normalisation into it, so that the logits equal the original
+    network's. Trait ``builds_model``: the importer builds the network itself ([source] model unused).
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``rtk`` click group: ``@cli.command() def mycmd(): ...``."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from rich.markup import escape
 from rich.table import Table
 
 from rtk.config.fields import describe
@@ -21,7 +22,8 @@ def show_components(registry: Registry, kind: str | None, as_json: bool, console
     for column in ("kind", "name", "provider", "summary"):
         table.add_column(column, overflow="fold")
     for c in components:
-        table.add_row(c.kind, c.name, f"{c.plugin.name} ({c.plugin.distribution} {c.plugin.version})", c.summary)
+        table.add_row(c.kind, escape(c.name), escape(f"{c.plugin.name} ({c.plugin.distribution} {c.plugin.version})"),
+                      escape(c.summary))
     console.print(table)
 
 

@@ -59,7 +59,7 @@ def check_hooks(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"{exc} (hook names are register_source_models, register_datasets, register_attacks,"
-            " register_objectives, register_transfer_strategies, register_certifiers,"
+            " register_objectives, register_transfer_strategies, register_certifiers, register_importers,"
             " register_commands)"
         ) from exc
 

@@ -19,6 +19,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "objective": ("register_objectives", "objective"),
     "strategy": ("register_transfer_strategies", "transfer strategy"),
     "certifier": ("register_certifiers", "certifier"),
+    "importer": ("register_importers", "checkpoint importer"),
 }
 
 
@@ -36,6 +37,9 @@ TRAITS: dict[str, dict[str, Any]] = {
         "black_box": False,
     },
     "objective": {},
+    # Whether the importer builds the network itself ("module:factory" models, RobustBench), so
+    # that [source] model is not needed.
+    "importer": {"builds_model": False},
     # Whether the strategy trains with [transfer.objective]; rtk validate rejects one it would ignore.
     "strategy": {"takes_objective": False},
     "certifier": {},

@@ -59,7 +59,7 @@ def identity(source, hash_files: bool = True) -> dict[str, Any]:
         init = {"sha256": file_sha256(source.weights)} if hash_files else {"path": str(source.weights)}
     found = {"model": component(source.model, hash_files), "num_classes": source.num_classes, "init": init}
     if source.imported is not None:
-        found["import"] = source.imported
+        found["import"] = source.imported.identity(hash_files)
     if source.data is not None:
         found.update(data=component(source.data, hash_files), train=options(source.train),
                      objective=component(source.objective, hash_files),

@@ -37,7 +37,7 @@ class ComponentSpec:
 
 @dataclass
 class SourceSpec:
-    model: ComponentSpec
+    model: ComponentSpec | None  # None: the importer builds the network ([source.import], builds_model)
     weights: Path | None = None
     num_classes: int | None = None
     data: ComponentSpec | None = None
@@ -48,7 +48,7 @@ class SourceSpec:
     seed: int = 0
     amp: str = "off"
     origin: str | None = None  # "RECIPE (sweep point id)" for a source selected from another recipe
-    imported: dict | None = None  # [source.import], the checkpoint to import
+    imported: Any = None  # [source.import]: an rtk.importing.ImportSpec
 
     @property
     def trained(self) -> bool:
@@ -134,11 +134,16 @@ class Resolver:
         table = self.table(raw, "source", required=True)
         if "recipe" in table:
             return self.selection.select(table)
-        model = self.component("model", table, "source", "model",
-                               ("weights", "num_classes", "data", "train", "objective", "label", "import"))
-        spec = SourceSpec(model, seed=run.seed, amp=run.amp)
-        if "import" in table:
-            spec.imported = self.imported(table)
+        reserved = ("weights", "num_classes", "data", "train", "objective", "label", "import")
+        imported = self.imported(table) if "import" in table else None
+        if imported is not None and "model" not in table and imported.importer.component.trait("builds_model"):
+            model = None  # the importer builds the network itself
+        else:
+            model = self.component("model", table, "source", "model", reserved)
+        spec = SourceSpec(model, seed=run.seed, amp=run.amp, imported=imported)
+        if imported is not None and (table.get("data") is not None or table.get("train") is not None):
+            raise self.fail("source", "an imported source is not trained here; drop [source.data] and [source.train]"
+                                      " (fine-tune it with a [transfer] strategy)")
         weights = table.get("weights")
         if weights is not None:
             if not isinstance(weights, str):
@@ -166,17 +171,26 @@ class Resolver:
             raise self.fail("source.objective", "has no effect without [source.data] and [source.train]")
         return spec
 
-    def imported(self, table: dict) -> dict | None:
-        """[source.import]: a published checkpoint. Its importers are not part of this version, so a
-        recipe that needs one says what is missing and how to run it meanwhile. A ``weights`` file
-        (``--set source.weights=PATH``: the checkpoint converted by hand) takes its place."""
+    def imported(self, table: dict):
+        """[source.import]: a published checkpoint (rtk.importing). A ``weights`` file takes its place
+        (``--set source.weights=PATH``: the checkpoint converted by hand); None then."""
+        from rtk.importing import ImportSpec, parse_import
+
         found = self.table(table, "import")
         if table.get("weights") is not None:
             return None
-        where = found.get("url") or found.get("hub") or found.get("path") or "(no url, hub or path given)"
-        raise self.fail("source.import", f'needs the {found.get("format", "?")} checkpoint {where}, and this version'
-                        " of rtk cannot import checkpoints yet; convert it to an rtk safetensors file in a trusted"
-                        " environment and pass --set source.weights=PATH, or run --profile smoke")
+        if "format" not in found:
+            raise self.fail("source.import", 'missing key "format": the checkpoint importer; choices: '
+                                             f'{", ".join(self.registry.names("importer"))}')
+        try:
+            location, options = parse_import(found, self.recipe.folder)
+        except ValueError as exc:
+            raise self.fail("source.import", str(exc)) from None
+        importer = self.component("importer", found, "source.import", "format", ("path", "url", "hub", "sha256",
+                                                                                  "revision"))
+        plain = dataclasses.asdict(importer.config)
+        return ImportSpec(importer.name, location["location"], location["where"], location["sha256"],
+                          location["revision"], plain, importer)
 
     def point(self, point: SweepPoint) -> RunSpec:
         raw = point.raw

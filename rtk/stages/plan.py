@@ -30,10 +30,35 @@ def training_size(spec: RunSpec, datasets: Datasets, notes: dict[str, str]) -> s
     return f"{'' if cfg.per_class or kept == classes else '~'}{count:,} training images (published size)"
 
 
+def describe_import(spec: RunSpec, store: SourceStore) -> str:
+    """An imported source: reused from the store, converted from a file here, or downloaded first."""
+    from rtk.config.source_key import file_sha256
+    from rtk.importing import downloads_folder, local_file
+
+    imp = spec.source.imported
+    local = local_file(imp, store.root)
+    content = file_sha256(local) if local is not None else imp.sha256
+    if content is not None:
+        imp.content = content
+        entry = store.get(source_key(spec.source))
+        if entry is not None:
+            return f"reused from the store ({entry.key}, imported {entry.info.get('created', '?')})"
+    if local is not None:
+        return f"IMPORT the {imp.format} checkpoint {local} (convert it, then keep it in the store)"
+    if imp.location == "path":
+        return f"IMPORT the {imp.format} checkpoint {imp.where}: NOT FOUND, place the file there"
+    target = downloads_folder(store.root, imp)
+    what = "Hugging Face Hub file" if imp.location == "hub" else "URL"
+    return (f"DOWNLOAD the {imp.format} checkpoint from the {what} {imp.where} into {target}"
+            f"{' (sha256 checked)' if imp.sha256 else ''}, convert it, then keep it in the store")
+
+
 def describe_source(spec: RunSpec, store: SourceStore, datasets: Datasets, notes: dict[str, str]) -> str:
     source = spec.source
     found = identity(source, hash_files=False)
-    what = source.model.name
+    what = source.model.name if source.model is not None else source.imported.format
+    if source.imported is not None:
+        return f"{what}: {describe_import(spec, store)}"
     if source.trained:
         what += f" on {data_label(found['data'])} ({source.objective.name})"
     origin = f", selected from {source.origin}" if source.origin else ""

@@ -23,7 +23,9 @@ from rtk.config.source_key import canonical, data_label, identity, source_key
 from rtk.config.spec import RunSpec
 from rtk.data import DataSplits
 from rtk.errors import RtkError
+from rtk.config.source_key import file_sha256
 from rtk.evaluation.robust_accuracy import evaluate
+from rtk.importing import fetch, local_file
 from rtk.models import load_weights, read_state_dict, save_weights
 from rtk.services import distributed
 from rtk.services.state import RunFolder
@@ -47,6 +49,14 @@ def seed_everything(seed: int) -> None:
 def group_of(spec: RunSpec) -> str:
     """Sweep points with the same source share it (cheap: weights files by path, not content)."""
     return canonical(identity(spec.source, hash_files=False))
+
+
+def architecture(source, num_classes: int):
+    """The source's network, untrained: [source] model's, or the one its importer builds."""
+    if source.imported is not None:
+        build = source.model.build if source.model is not None else None
+        return source.imported.importer.build().build(build, num_classes)
+    return source.model.build(num_classes=num_classes)
 
 
 def accuracy(model, data, ctx: RunContext, batch_size: int = 512) -> float:
@@ -94,7 +104,9 @@ class SourceStage:
             model = self.build(spec, ctx, state)
             model.load_state_dict(state)
             return model, info
-        if source.trained:
+        if source.imported is not None:
+            model, info = self.imported(spec, ctx)
+        elif source.trained:
             model, info = self.stored(spec, ctx, self.index[group])
         else:
             weights = read_state_dict(source.weights) if source.weights is not None else None
@@ -109,7 +121,7 @@ class SourceStage:
     def build(self, spec: RunSpec, ctx: RunContext, known: dict, data: DataSplits | None = None):
         seed_everything(spec.source.seed)
         num_classes = self.num_classes(spec, data, known)
-        return ctx.fast_model(spec.source.model.build(num_classes=num_classes).to(ctx.device))
+        return ctx.fast_model(architecture(spec.source, num_classes).to(ctx.device))
 
     def num_classes(self, spec: RunSpec, data: DataSplits | None, weights: dict) -> int:
         """[source] num_classes, else the source dataset's class count, else the rows of the weights' head."""
@@ -121,6 +133,51 @@ class SourceStage:
             raise RtkError(f"{self.recipe_path}: [source] num_classes: cannot infer the source's class count;"
                            " set num_classes")
         return found
+
+    def imported(self, spec: RunSpec, ctx: RunContext):
+        """An imported source: from the store when it holds this file's conversion, else fetched
+        (downloaded once into the store), converted by its importer and stored."""
+        imp, world = spec.source.imported, distributed.world()
+        if imp.content is None:
+            local = local_file(imp, self.store.root)
+            imp.content = file_sha256(local) if local is not None else None
+        entry = self.store.get(source_key(spec.source)) if imp.content or imp.sha256 else None
+        if entry is None:
+            if world.is_main:
+                path = fetch(imp, self.store.root, progress=ctx.show_progress)
+                imp.content = file_sha256(path)
+                key = source_key(spec.source)
+                with self.store.lock(key):
+                    entry = self.store.get(key) or self.convert(spec, ctx, path, key)
+            distributed.barrier()
+            if not world.is_main:
+                imp.content = file_sha256(local_file(imp, self.store.root))
+                entry = self.store.get(source_key(spec.source))
+        return self.load(spec, ctx, entry), stored_info(entry, self.folder.root)
+
+    def convert(self, spec: RunSpec, ctx: RunContext, path: Path, key: str) -> Entry:
+        source, imp = spec.source, spec.source.imported
+        importer = imp.importer.build()
+        contents = importer.read(path)
+        num_classes = source.num_classes or importer.num_classes(contents)
+        if num_classes is None:
+            raise RtkError(f"{self.recipe_path}: [source] num_classes: the {imp.format} checkpoint does not say how"
+                           " many classes its head has; set num_classes")
+        seed_everything(source.seed)
+        model = importer.build(source.model.build if source.model is not None else None, num_classes)
+        importer.convert(contents, model)
+        del contents
+        info = {"imported": {"format": imp.format, imp.location: imp.where, "sha256": imp.content,
+                             "options": imp.options}, "num_classes": num_classes,
+                "model": source.model.name if source.model is not None else imp.format,
+                "data": "-", "objective": f"import ({imp.format})", "recipe": str(self.recipe_path),
+                "point": spec.id, "run_dir": str(Path(self.folder.root).resolve()),
+                "created": datetime.now().isoformat(timespec="seconds"), "env": self.environment(),
+                "plugins": plugin_versions(), "identity": identity(source)}
+        entry = self.store.publish(key, lambda out: save_weights(model, out), info)
+        ctx.console.print(f"source {key}: imported the {imp.describe()}; stored in {entry.path}", highlight=False,
+                          soft_wrap=True)
+        return entry
 
     def stored(self, spec: RunSpec, ctx: RunContext, k: int):
         """The trained source from the store, trained and added first when missing."""

@@ -14,7 +14,7 @@ from rtk.config.spec import RunSpec
 from rtk.models import load_weights, read_state_dict, save_weights
 from rtk.services.state import RunFolder
 from rtk.stages.context import RunContext
-from rtk.stages.source import SourceStage, seed_everything
+from rtk.stages.source import SourceStage, architecture, seed_everything
 
 
 class TransferStage:
@@ -63,10 +63,10 @@ class TransferStage:
         state = read_state_dict(weights)
         if spec.transfer is not None and "source_classes" in info:
             # The strategy rebuilds what it changed (MLP head, wrapped blocks) before loading.
-            model = spec.source.model.build(num_classes=info["source_classes"])
+            model = architecture(spec.source, info["source_classes"])
             model = spec.transfer.build().rebuild(model, info["num_classes"])
         else:
             head = state.get("head.weight")
-            model = spec.source.model.build(num_classes=head.shape[0] if head is not None else info["num_classes"])
+            model = architecture(spec.source, head.shape[0] if head is not None else info["num_classes"])
         load_weights(model, weights, state=state)
         return ctx.fast_model(model.to(ctx.device)), info.get("source", {}), info.get("seconds", 0.0)
