@@ -255,3 +255,51 @@ def check(entries: list[Entry], err_console) -> dict[str, str | None]:
             problems[e.key] = unreadable(e) or e.problem()
             progress.advance(task, weights_size(e) or 0)
     return problems
+
+
+@sources.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--format", "format_", required=True, metavar="NAME",
+              help="The checkpoint's format (rtk list-plugins --kind importer), e.g. madrylab-robustness.")
+@click.option("--model", metavar="NAME", help="The rtk model it loads into, e.g. timm/resnet50 (not for module).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classes of its head (default: read from the file).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="An importer or model option, e.g. --option dataset=imagenet (importer) or model.input_size=224.")
+@click.option("--sha256", help="The file's expected sha256.")
+@store_option
+@handled
+def import_command(file, format_, model, num_classes, options, sha256, store_dir):
+    """Add a local checkpoint FILE to the store (for machines without a network): the same
+    conversion a recipe's [source.import] does, under the same key, so a recipe that names this
+    checkpoint by URL then finds it without downloading."""
+    from rtk.cli import registry
+    from rtk.config.recipe import Recipe
+    from rtk.config.spec import resolve
+    from rtk.errors import RtkError
+    from rtk.evaluation.command import parse_assignments
+    from rtk.services.state import RunFolder
+    from rtk.stages.context import RunContext
+    from rtk.stages.datasets import Datasets
+    from rtk.stages.source import SourceStage
+
+    if not file.is_file():
+        raise RtkError(f"{file}: no such file")
+    parsed = parse_assignments(options, "--option")
+    importer = {k: v for k, v in parsed.items() if not k.startswith("model.")}
+    source = {k[len("model."):]: v for k, v in parsed.items() if k.startswith("model.")}
+    if model:
+        source["model"] = model
+    if num_classes:
+        source["num_classes"] = num_classes
+    source["import"] = {"format": format_, "path": str(file.resolve()), **importer,
+                        **({"sha256": sha256} if sha256 else {})}
+    recipe = Recipe(Path("rtk sources import"), {"run": {"name": "import", "device": "cpu"}, "source": source})
+    (spec,) = resolve(recipe, registry())
+    store = open_store(store_dir)
+    console, err_console = consoles()
+    before = {entry.key for entry in store.entries()}
+    stage = SourceStage([spec], Datasets(), RunFolder(Path.cwd()), recipe.path, store)
+    _, info = stage.model(spec, RunContext(console=err_console, show_progress=False))
+    state = "already in" if info["key"] in before else "added to"
+    console.print(f"{escape(str(file))}: {state} the store as {info['key']} ({escape(info['store'])})", highlight=False,
+                  soft_wrap=True)

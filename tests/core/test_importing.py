@@ -208,3 +208,20 @@ def test_results_name_the_import(tmp_path):
     assert entry.info["imported"]["path"] == str(path) and entry.info["num_classes"] == 5
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["source"]["key"] == entry.key
     assert results["complete"]
+
+
+def test_sources_import_adds_a_local_file_under_the_key_a_recipe_finds(tmp_path, cli, source_store):
+    _, path = checkpoint(tmp_path / "www")
+    with using(make_registry()):
+        added = cli("sources", "import", path, "--format", "plain", "--model", "small-cnn",
+                    "--option", "model.channels=[4, 8]", "--option", "model.feature_dim=16")
+        assert added.exit_code == 0 and "added to the store" in added.stdout, added.stderr
+        again = cli("sources", "import", path, "--format", "plain", "--model", "small-cnn",
+                    "--option", "model.channels=[4, 8]", "--option", "model.feature_dim=16")
+        assert "already in the store" in again.stdout
+    (entry,) = SourceStore().entries()
+    # A recipe naming the same file by URL (and its hash) finds it: no request reaches the server.
+    with serve(tmp_path / "www") as server:
+        results = run(RECIPE.format(location=f'url = "{server.url}/cnn.pt"\nsha256 = "{sha256(path)}"'), tmp_path)
+        assert server.requests == []
+    assert results["runs"][0]["source"]["key"] == entry.key and results["runs"][0]["source"]["reused"]
