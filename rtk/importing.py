@@ -48,6 +48,9 @@ class ImportSpec:
     content: str | None = None  # the file's sha256, once it is on this machine
 
     def describe(self) -> str:
+        if self.location == "self":
+            name = self.options.get("name")
+            return f"{self.format} checkpoint {f'{name} ' if name else ''}(fetched by the importer)"
         return f'{self.format} checkpoint {"Hub file " if self.location == "hub" else ""}{self.where}'
 
     def identity(self, hash_files: bool = True) -> dict:
@@ -62,9 +65,15 @@ class ImportSpec:
         return found
 
 
-def parse_import(table: dict, folder: Path) -> tuple[dict, dict]:
-    """The location part of an import table (checked) and the rest (the importer's options)."""
+def parse_import(table: dict, folder: Path, fetches_itself: bool = False) -> tuple[dict, dict]:
+    """The location part of an import table (checked) and the rest (the importer's options). An
+    importer that downloads its own file may be given no location ("self")."""
     given = [key for key in LOCATIONS if key in table]
+    options = {k: v for k, v in table.items() if k not in IMPORT_KEYS}
+    if not given and fetches_itself:
+        if "sha256" in table or "revision" in table:
+            raise ValueError("sha256 and revision need a path, url or hub; this importer fetches its file itself")
+        return {"location": "self", "where": str(table.get("format")), "sha256": None, "revision": None}, options
     if len(given) != 1:
         raise ValueError(f"give exactly one of path, url or hub (got {', '.join(given) or 'none'})")
     key = given[0]
@@ -85,7 +94,6 @@ def parse_import(table: dict, folder: Path) -> tuple[dict, dict]:
         path = Path(where).expanduser()
         where = str(path if path.is_absolute() else (folder / path))
     location = {"location": key, "where": where, "sha256": sha.lower() if sha else None, "revision": revision}
-    options = {k: v for k, v in table.items() if k not in IMPORT_KEYS}
     return location, options
 
 

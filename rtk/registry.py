@@ -38,8 +38,9 @@ TRAITS: dict[str, dict[str, Any]] = {
     },
     "objective": {},
     # Whether the importer builds the network itself ("module:factory" models, RobustBench), so
-    # that [source] model is not needed.
-    "importer": {"builds_model": False},
+    # that [source] model is not needed; whether it downloads its own file (RobustBench), so that
+    # [source.import] may name no path, url or hub (its downloads go to ``importer.downloads``).
+    "importer": {"builds_model": False, "fetches_itself": False},
     # Whether the strategy trains with [transfer.objective]; rtk validate rejects one it would ignore.
     "strategy": {"takes_objective": False},
     "certifier": {},

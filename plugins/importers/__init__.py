@@ -100,4 +100,5 @@ def register_importers(register):
     register("module", "rtk_plugins.importers.module_factory:ModuleFactory", config=ModuleImport, builds_model=True,
              summary='any nn.Module from "package.module:factory", its head layer named')
     register("robustbench", "rtk_plugins.importers.module_factory:RobustBench", config=RobustBenchImport,
-             builds_model=True, summary="a RobustBench zoo model by name (optional extra rtk[robustbench])")
+             builds_model=True, fetches_itself=True,
+             summary="a RobustBench zoo model by name (optional extra rtk[robustbench])")

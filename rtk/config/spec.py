@@ -182,12 +182,12 @@ class Resolver:
         if "format" not in found:
             raise self.fail("source.import", 'missing key "format": the checkpoint importer; choices: '
                                              f'{", ".join(self.registry.names("importer"))}')
-        try:
-            location, options = parse_import(found, self.recipe.folder)
-        except ValueError as exc:
-            raise self.fail("source.import", str(exc)) from None
         importer = self.component("importer", found, "source.import", "format", ("path", "url", "hub", "sha256",
                                                                                   "revision"))
+        try:
+            location, options = parse_import(found, self.recipe.folder, importer.component.trait("fetches_itself"))
+        except ValueError as exc:
+            raise self.fail("source.import", str(exc)) from None
         plain = dataclasses.asdict(importer.config)
         return ImportSpec(importer.name, location["location"], location["where"], location["sha256"],
                           location["revision"], plain, importer)

@@ -82,7 +82,8 @@ def reused_sources(runs: list[dict]) -> list[str]:
         source = run.get("source", {})
         if source.get("reused") and source.get("key") not in lines:
             made = source.get("made_by") or {}
-            lines[source["key"]] = (f"source {source['key']} reused from the store: trained {made.get('created', '?')}"
+            how = "imported" if source.get("imported") else "trained"
+            lines[source["key"]] = (f"source {source['key']} reused from the store: {how} {made.get('created', '?')}"
                                     f" by {made.get('recipe', '?')} ({made.get('point', '?')}); {source.get('store')}")
     return list(lines.values())
 
@@ -103,7 +104,8 @@ def results_table(runs: list[dict], title: str = "results") -> Table:
         cells = [run["id"]]
         if stored:
             source = run.get("source", {})
-            cells.append(f"{source['key'][:8]} {'reused' if source.get('reused') else 'trained'}" if "key" in source
+            made = "imported" if source.get("imported") else "trained"
+            cells.append(f"{source['key'][:8]} {'reused' if source.get('reused') else made}" if "key" in source
                          else "file" if "weights" in source else "")
         if any("source" in r for r in runs):
             cells.append(_fmt(run.get("source", {}).get("clean")))

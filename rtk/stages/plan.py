@@ -36,6 +36,11 @@ def describe_import(spec: RunSpec, store: SourceStore) -> str:
     from rtk.importing import downloads_folder, local_file
 
     imp = spec.source.imported
+    if imp.location == "self":
+        entry = store.get(source_key(spec.source))
+        if entry is not None:
+            return f"reused from the store ({entry.key}, imported {entry.info.get('created', '?')})"
+        return f"DOWNLOAD the {imp.describe()} into {store.root / 'downloads'}, convert it, then keep it in the store"
     local = local_file(imp, store.root)
     content = file_sha256(local) if local is not None else imp.sha256
     if content is not None:

@@ -81,6 +81,8 @@ def stored_info(entry: Entry, run_dir) -> dict:
         found["made_by"] = {k: info.get(k) for k in ("recipe", "point", "run_dir", "created")}
     if info.get("defined_by"):
         found["defined_by"] = info["defined_by"]
+    if info.get("imported"):
+        found["imported"] = {k: v for k, v in info["imported"].items() if k != "options"}
     return found
 
 
@@ -138,6 +140,15 @@ class SourceStage:
         """An imported source: from the store when it holds this file's conversion, else fetched
         (downloaded once into the store), converted by its importer and stored."""
         imp, world = spec.source.imported, distributed.world()
+        if imp.location == "self":  # the importer downloads its file: the key is its format and options
+            key = source_key(spec.source)
+            entry = self.store.get(key)
+            if entry is None and world.is_main:
+                with self.store.lock(key):
+                    entry = self.store.get(key) or self.convert(spec, ctx, None, key)
+            distributed.barrier()
+            entry = entry or self.store.get(key)
+            return self.load(spec, ctx, entry), stored_info(entry, self.folder.root)
         if imp.content is None:
             local = local_file(imp, self.store.root)
             imp.content = file_sha256(local) if local is not None else None
@@ -155,9 +166,10 @@ class SourceStage:
                 entry = self.store.get(source_key(spec.source))
         return self.load(spec, ctx, entry), stored_info(entry, self.folder.root)
 
-    def convert(self, spec: RunSpec, ctx: RunContext, path: Path, key: str) -> Entry:
+    def convert(self, spec: RunSpec, ctx: RunContext, path: Path | None, key: str) -> Entry:
         source, imp = spec.source, spec.source.imported
         importer = imp.importer.build()
+        importer.downloads = self.store.root / "downloads"  # where an importer that fetches itself puts files
         contents = importer.read(path)
         num_classes = source.num_classes or importer.num_classes(contents)
         if num_classes is None:
