@@ -68,11 +68,24 @@ def make_convex(model, k: int) -> None:
             block.__class__ = _CONVEX[type(block)]
 
 
-def constrained_layers(model, k: int) -> list[nn.Module]:
-    """Every Conv2d/Linear that is a direct child of one of the last k blocks (a block that is
-    itself a Conv2d/Linear, such as the head, counts as its own child)."""
+def constrained_layers(model, k: int, which: str = "code") -> list[nn.Module]:
+    """The Conv2d/Linear layers of the last k blocks that get the spectral bound.
+
+    ``"code"``: CARTL's rule (NISP-official/CARTL src/trainer/transfer_learning_trainer/
+    sn_tl_trainer.py, _apply_spectral_norm): the Conv2d/Linear direct children of each block (a
+    block that is itself one, such as the head, counts as its own child). On rtk's WRN units
+    these are conv1, conv2 and convShortcut, as on CARTL's; rtk's resnet18 BasicBlocks give
+    none, because CARTL's ResNet BasicBlock (src/networks/resnet.py, parseval_resnet.py) keeps
+    its convolutions inside ``residual_function`` / ``shortcut`` Sequentials, which that rule does
+    not enter: on a ResNet-18 CARTL normalises the FC alone. ``"all"``: every Conv2d/Linear
+    inside the last k blocks."""
     layers = []
     for block in last_blocks(model, k):
+        if which == "all":
+            layers += [m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            continue
+        if isinstance(block, BasicBlock):  # CARTL's ResNet BasicBlock has no direct Conv2d child
+            continue
         children = [block] if isinstance(block, (nn.Conv2d, nn.Linear)) else list(block.children())
         layers += [m for m in children if isinstance(m, (nn.Conv2d, nn.Linear))]
     return layers
@@ -115,7 +128,7 @@ class NEFT(Strategy):
         trained_bn = {id(bn) for block in trained for bn in bn_layers(block)}
         if not cfg.bn_affine_trainable:
             freeze_bn_affine(model)
-        layers = constrained_layers(model, cfg.k)
+        layers = constrained_layers(model, cfg.k, cfg.spectral_layers)
         for layer in layers:
             add_spectral_scaling(layer, cfg.beta, cfg.power_iterations)
 

@@ -34,7 +34,8 @@ CIFAR10_STD = [0.2471, 0.2435, 0.2616]
 
 @dataclass
 class SmallCNNConfig:
-    """Options of the small CNN (digits, MNIST)."""
+    """Options of the small CNN (digits, MNIST): rtk's own test network, conv stages of
+    conv3x3 + ReLU + max-pool 2, then a fully connected layer to the features and a linear head."""
 
     channels: list[int] = option(default_factory=lambda: [16, 32, 64], help=(
         "width of each conv stage (conv3x3, ReLU, max-pool 2)"))
@@ -65,7 +66,10 @@ def _check_mean_std(mean: list[float], std: list[float]) -> None:
 
 @dataclass
 class WRNConfig:
-    """Options of the CIFAR-style pre-activation Wide ResNet (defaults: WRN-28-10)."""
+    """Options of the CIFAR-style pre-activation Wide ResNet (Zagoruyko & Komodakis, "Wide
+    Residual Networks", arXiv:1605.07146; defaults: WRN-28-10). Layout and module names follow
+    the PyTorch WRN of yaodongyu/TRADES models/wideresnet.py; ``shortcut = "pad"`` and the TF
+    options follow MadryLab/cifar10_challenge model.py."""
 
     depth: int = option(28, min=6, help=(
         '6n+4 with shortcut "conv" (28 -> 4 units per stage), 6n+2 with "pad" (32 -> 5)'))
@@ -99,19 +103,26 @@ def _default(name: str, value):
 
 @dataclass
 class WRN28x10Config(WRNConfig):
-    """WRN-28-10 (TRADES): 4 units per stage, ReLU, 1x1-conv shortcuts."""
+    """WRN-28-10 as in TRADES (Zhang et al., "Theoretically Principled Trade-off between
+    Robustness and Accuracy", arXiv:1901.08573; code yaodongyu/TRADES models/wideresnet.py):
+    4 units per stage, ReLU, 1x1-conv shortcuts."""
 
 
 @dataclass
 class WRN34x10Config(WRNConfig):
-    """WRN-34-10 (TRADES, CARTL): 5 units per stage, ReLU, 1x1-conv shortcuts."""
+    """WRN-34-10 as in TRADES (arXiv:1901.08573; yaodongyu/TRADES models/wideresnet.py) and
+    CARTL (Chen et al., "CARTL: Cooperative Adversarially-Robust Transfer Learning",
+    arXiv:2106.06667; NISP-official/CARTL src/networks/wrn.py, whose activations are
+    LeakyReLU(0.1): set ``leaky_relu = 0.1``): 5 units per stage, ReLU, 1x1-conv shortcuts."""
 
     depth: int = _default("depth", 34)
 
 
 @dataclass
 class WRN32x10Config(WRNConfig):
-    """Madry's "WRN-32-10": 5 units per stage, leaky ReLU 0.1, pad shortcuts, per-image standardisation, TF padding."""
+    """Madry et al.'s "WRN-32-10" ("Towards Deep Learning Models Resistant to Adversarial
+    Attacks", arXiv:1706.06083; code MadryLab/cifar10_challenge model.py): 5 units per stage,
+    leaky ReLU 0.1, pad shortcuts, per-image standardisation, TF padding."""
 
     depth: int = _default("depth", 32)
     leaky_relu: float = _default("leaky_relu", 0.1)
@@ -123,7 +134,10 @@ class WRN32x10Config(WRNConfig):
 
 @dataclass
 class ResNet18Config:
-    """Options of the CIFAR ResNet-18."""
+    """Options of the CIFAR ResNet-18 (He et al., "Deep Residual Learning for Image
+    Recognition", arXiv:1512.03385), in the CIFAR form of adversarial-robustness code (3x3
+    stem, no max-pool; as NISP-official/CARTL src/networks/resnet.py). Blocks: the 8
+    BasicBlocks, a parameter-free pool block, the head (10; CARTL counts 9, without the pool)."""
 
     mean: list[float] = option(default_factory=lambda: list(CIFAR10_MEAN), help=(
         "per-channel normalization mean, applied inside the model"))

@@ -29,10 +29,15 @@ class PGDATConfig:
     (2*eps/3; set it, since unset gives 2.5*eps/3), ``random_start = true``.
 
     BN mode of the inner attack: ``attack_mode = "eval"`` (default) crafts the attack with BN
-    running statistics and no dropout, as the PyTorch ports of CARTL, RoLI and TRADES do;
-    ``"train"`` crafts it in train mode, as Madry's TF code does (batch statistics, and the
-    running statistics are updated by every attack step). The outer loss is always computed in
-    train mode."""
+    running statistics and no dropout, as the PyTorch ports do (NISP-official/CARTL
+    src/trainer/adv_trainer.py, yaodongyu/TRADES trades.py); ``"train"`` crafts it in the modes
+    of the outer loss, as Madry's TF code does (MadryLab/cifar10_challenge train.py: one graph,
+    batch statistics, running statistics updated by every attack step). Those modes are the
+    ones the training loop set: train mode for a source, and under a transfer strategy train mode
+    except the BN layers it froze (finetune ``bn_stats = "frozen"``, the frozen blocks of
+    retrain-last-k, NEFT's ``bn_stats_frozen_part = "frozen"``), which stay in eval mode through
+    the attack too: their running statistics never move. The outer loss is computed in those
+    modes."""
 
     norm: Literal["Linf", "L2"] = option("Linf", help="threat model norm")
     eps: float = option(8 / 255, min=0.0, help="training radius in [0, 1] pixel units")
@@ -41,7 +46,8 @@ class PGDATConfig:
         "inner step size (unset: eps/4 for Linf, i.e. 2/255 at eps 8/255; 2.5*eps/steps for L2)"))
     random_start: bool = option(True, help="inner attack starts uniformly at random in the ball")
     attack_mode: Literal["eval", "train"] = option("eval", help=(
-        "BN/dropout mode while crafting the inner attack (train also updates BN running statistics)"))
+        "BN/dropout mode while crafting the inner attack: eval, or train = the outer loss's modes (BN layers a"
+        " strategy froze stay frozen; the others use and update batch statistics)"))
     eps_ramp: float = option(0.0, min=0.0, max=1.0, help=(
         "fraction of training over which eps (and the step) grow linearly from 0 to eps"))
     mix_clean: float = option(0.0, min=0.0, max=1.0, help=(
@@ -64,10 +70,12 @@ class FreeATConfig:
     Epochs: ``[source.train] epochs`` counts passes over distinct minibatches, each giving m
     optimizer steps, and the learning-rate schedule counts optimizer steps. The papers divide
     the epoch budget by m so that the total number of steps matches natural training: CIFAR
-    (paper, Sec. 4): m = 8, 205 "epochs" of replayed minibatches = ceil(205/8) = 26 distinct
-    epochs (eps 8, step 8 on the [0, 255] scale); ImageNet (code configs): m = 4, eps 4/255,
-    step 4/255, 90 epochs of which each batch is replayed m times, i.e. ``epochs = ceil(90/m)``
-    (23 for m = 4), with milestones divided by m as well."""
+    (the paper, Sec. 4; TF code ashafahi/free_adv_train): m = 8, 205 "epochs" of replayed
+    minibatches = ceil(205/8) = 26 distinct epochs (eps 8, step 8 on the [0, 255] scale);
+    ImageNet (mahyarnajibi/FreeAdversarialTraining configs.yml, main_free.py:47,
+    lib/utils.py adjust_learning_rate): m = 4, eps 4/255, step 4/255, 90 epochs of which each
+    batch is replayed m times, i.e. ``epochs = ceil(90/m)`` (23 for m = 4), the lr divided by 10
+    every ceil(30/m) epochs (milestones 8, 16 for m = 4)."""
 
     eps: float = option(8 / 255, min=0.0, help="Linf radius in [0, 1] pixel units")
     replays: int = option(8, min=1, max=1000, help="m: optimizer steps (and perturbation updates) per minibatch")
@@ -87,8 +95,9 @@ class TRADESConfig:
     code runs it twice, which only updates BN running statistics a second time).
 
     Defaults: the CIFAR-10 recipe, beta 6, Linf eps 0.031, 10 steps of 0.007, attack in eval
-    mode (``attack_mode = "train"`` crafts x' with batch statistics). Paper schedule: SGD lr 0.1
-    (x0.1 at epoch 75), 76 epochs, weight decay 2e-4, batch 128."""
+    mode as the code (``attack_mode = "train"`` crafts x' in the outer loss's modes: batch
+    statistics, except in BN layers a transfer strategy froze, which stay frozen). Paper
+    schedule: SGD lr 0.1 (x0.1 at epoch 75), 76 epochs, weight decay 2e-4, batch 128."""
 
     beta: float = option(6.0, min=0.0, help="weight of the KL robustness term (0: natural training)")
     eps: float = option(0.031, min=0.0, help="radius of the inner maximisation in [0, 1] pixel units")
@@ -96,7 +105,8 @@ class TRADESConfig:
     alpha: float = option(0.007, min=0.0, help="inner step size")
     norm: Literal["Linf", "L2"] = option("Linf", help="threat model norm")
     attack_mode: Literal["eval", "train"] = option("eval", help=(
-        "BN/dropout mode while crafting x' (train also updates BN running statistics)"))
+        "BN/dropout mode while crafting x': eval, or train = the outer loss's modes (BN layers a strategy"
+        " froze stay frozen; the others use and update batch statistics)"))
 
 
 @dataclass

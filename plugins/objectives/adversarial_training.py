@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from rtk.models import model_mode
 from rtk.stages.training import Objective
 from rtk_plugins.attacks.pgd import step_size, torchattacks_pgd
+from rtk_plugins.objectives.attack_modes import attack_modes
 
 
 class PGDAdversarialTraining(Objective):
@@ -22,11 +22,9 @@ class PGDAdversarialTraining(Objective):
         cfg = self.config
         eps = cfg.eps * self.scale
         alpha = step_size(cfg.norm, cfg.eps, cfg.steps, cfg.alpha) * self.scale
-        with model_mode(model, train=cfg.attack_mode == "train"):
-            attack = torchattacks_pgd(model, cfg.norm, eps, alpha, cfg.steps, cfg.random_start)
-            if cfg.attack_mode == "train":
-                # torchattacks' train mode keeps BN and dropout in eval unless told otherwise.
-                attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
+        with attack_modes(model, cfg.attack_mode) as fixed:
+            attack = torchattacks_pgd(fixed, cfg.norm, eps, alpha, cfg.steps, cfg.random_start)
+            attack.set_model_training_mode(model_training=False)  # its eval path: fixed.eval(), a no-op
             adversarial = attack(images, labels).detach()
         loss = nn.functional.cross_entropy(model(adversarial), labels)
         if cfg.mix_clean > 0:

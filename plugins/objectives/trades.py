@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rtk.models import model_mode
 from rtk.stages.training import Objective
+from rtk_plugins.objectives.attack_modes import attack_modes
 
 
 def kl_sum(adversarial_logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
@@ -22,7 +22,7 @@ class TRADES(Objective):
         """x' maximising KL(f(x) || f(x')) in the eps ball, from x + 0.001 N(0, 1); clipped to [0, 1]."""
         cfg = self.config
         images = images.detach()
-        with model_mode(model, train=cfg.attack_mode == "train"):
+        with attack_modes(model, cfg.attack_mode):
             with torch.no_grad():
                 target = F.softmax(model(images), dim=1)
             noise = 0.001 * torch.randn_like(images)
