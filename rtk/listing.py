@@ -43,11 +43,12 @@ def show_options(registry: Registry, name: str, kind: str | None, as_json: bool,
         return
     for c in matches:
         caption = (c.config.__doc__ or "").strip().split("\n\n")[0]
-        table = Table(title=f"{c.kind} {c.name} ({c.provider})", caption=caption)
+        table = Table(title=escape(f"{c.kind} {c.name} ({c.provider})"), caption=escape(caption))
         for column in ("option", "type", "default", "range", "help"):
             table.add_column(column, overflow="fold")
         for row in describe(c.config):
             low, high = ("" if bound is None else bound for bound in (row["min"], row["max"]))
             bounds = "" if row["min"] is None and row["max"] is None else f"[{low}, {high}]"
-            table.add_row(row["name"], row["type"], json.dumps(row["default"], default=str), bounds, row["help"])
+            table.add_row(*(escape(text) for text in (row["name"], row["type"], json.dumps(row["default"], default=str),
+                                                      bounds, row["help"])))
         console.print(table)

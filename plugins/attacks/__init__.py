@@ -33,10 +33,8 @@ class FGSMConfig:
 
 
 @dataclass
-class PGDConfig:
-    """Projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to
-    Adversarial Attacks", arXiv:1706.06083). Defaults: Linf, eps 8/255, 20 steps of eps/4,
-    one random start (the PGD-20 of Shafahi et al. 2020)."""
+class PGDOptions:
+    """The options PGD and CW-PGD share."""
 
     norm: Norm = option("Linf", help="threat model norm")
     eps: float = option(8 / 255, min=0.0, help='radius in [0, 1] pixel units; fractions like "8/255" are exact')
@@ -47,7 +45,27 @@ class PGDConfig:
 
 
 @dataclass
-class CWPGDConfig(PGDConfig):
+class PGDConfig(PGDOptions):
+    """Projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", arXiv:1706.06083) on cross-entropy. Defaults: Linf, eps 8/255, 20 steps
+    of eps/4, one random start, the last iterate returned (the PGD-20 of Shafahi et al. 2020,
+    through torchattacks).
+
+    ``keep = "best-batch"`` returns instead the iterate (the start included) with the highest
+    batch-mean loss: the ``use_best`` of RoLI's attack (Hua et al., "Initialization Matters for
+    Adversarial Transfer Learning", arXiv:2312.05716; code DongXzz/RoLI src/adv_func.py,
+    ``adv_generator``), whose loss is a batch mean, so one iterate is chosen for the whole batch
+    of clean-correct examples the evaluation passes (the choice depends on ``[eval]
+    batch_size``; RoLI's is 64). ``"best-example"`` picks each example's highest-loss iterate.
+    Both cost one more forward pass per restart."""
+
+    keep: Literal["last", "best-batch", "best-example"] = option("last", help=(
+        "which iterate to return: last; best-batch, the one with the highest batch-mean loss (RoLI's use_best);"
+        " best-example, each example's highest-loss one"))
+
+
+@dataclass
+class CWPGDConfig(PGDOptions):
     """PGD on the Carlini-Wagner margin loss -ReLU(z_y - max_{j!=y} z_j + kappa) (Carlini &
     Wagner, "Towards Evaluating the Robustness of Neural Networks", arXiv:1608.04644; PGD of Madry
     et al., arXiv:1706.06083): the CW-20 of Shafahi et al. 2020. Defaults: Linf, eps 8/255, 20

@@ -18,7 +18,7 @@ from rtk.stages.training import Objective, fit
 from rtk.stages.strategy import FeatureSet, set_trainable
 from rtk_plugins.transfer.base import Strategy, refuse_objective
 from rtk_plugins.transfer.batchnorm import freeze_bn_affine
-from rtk_plugins.transfer.heads import train_head_on_features
+from rtk_plugins.transfer.heads import train_head_on_features, unaugmented
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -86,6 +86,9 @@ class LwF(Strategy):
         z0 = train_head_on_features(model, data, ctx, cfg, lambda: model.reset_head(data.num_classes, cfg.head_init),
                                     "lwf: head only", epochs=warm, features="source features z0 (train)")
         if cfg.epochs - warm:
-            train_all_weights(model, data.train, z0, dataclasses.replace(cfg, epochs=cfg.epochs - warm), ctx)
+            # z0 came from the un-augmented images, so z(x) is compared on the same images (a study dataset
+            # augments its training split as it reads it unless asked for this view).
+            train_all_weights(model, unaugmented(data.train), z0, dataclasses.replace(cfg, epochs=cfg.epochs - warm),
+                              ctx)
         model.eval()
         return model

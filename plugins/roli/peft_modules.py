@@ -17,8 +17,9 @@ under ``<layer>.lora`` / ``<mlp>.adapter``.
 
 Inits: ``"standard"`` (LoRA: A kaiming-uniform, B zero; adapter: down PyTorch's default, up
 zero) leaves the network's output unchanged at the start and trains; ``"zero"`` is the RoLI
-code's (spec 0.3a/b): every weight zero, so LoRA's gradients are exactly zero and it never
-moves, and only the adapter's up-projection bias ever trains.
+code's (``LORA.ZEROINIT: True`` in DongXzz/RoLI configs/lora/*_roli.yaml;
+src/models/vit_adapter/swin_transformer.py:95-99): every weight zero, so LoRA's gradients are
+exactly zero and it never moves, and only the adapter's up-projection bias ever trains.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The study's file-backed torchvision datasets (rtk_plugins.study_datasets): layout checks with
-one-line DataErrors, torchvision for parsing, lazy decoding, and the per-class seeded splits.
+one-line DataErrors, torchvision for parsing, lazy decoding with the study's transforms, and the
+per-class splits.
 
 torchvision's classes read the annotation files; rtk never decodes an image until a batch asks
 for it (FileImageSet over a LazyImages), so a 100k-image dataset costs a list of paths and labels.
@@ -61,23 +62,46 @@ def to_rgb(image):
 
 
 class LazyImages(torch.utils.data.Dataset):
-    """A torchvision dataset whose items are decoded (and resized) only when asked for; an
-    unreadable image is a DataError naming the dataset and the item."""
+    """A torchvision dataset (built without a transform) whose items are decoded and passed through
+    ``transform`` only when asked for; an unreadable image is a DataError naming the dataset and the item."""
 
-    def __init__(self, base, name: str):
+    def __init__(self, base, name: str, transform: Callable):
         self.base = base
         self.name = name
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i):
         try:
-            return self.base[i]
+            image, label = self.base[i]
+            return self.transform(image), label
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{self.name}: cannot read image {i} of {type(self.base).__name__} under "
                             f"{getattr(self.base, 'root', '?')} ({_cause(exc)}); replace the file with an intact"
                             " copy") from None
+
+
+class AugmentedImages(FileImageSet):
+    """A training split whose images are augmented each time they are read (the study's
+    RandomResizedCrop + flip), with ``unaugmented``: the same images through the test transform, for
+    strategies that compute features once (rtk_plugins.transfer.heads). Subsets and relabellings keep both."""
+
+    def __init__(self, base: LazyImages, labels: torch.Tensor, indices: torch.Tensor | None = None, *,
+                 plain: LazyImages):
+        super().__init__(base, labels, indices)
+        self.plain = plain
+
+    @property
+    def unaugmented(self) -> FileImageSet:
+        return FileImageSet(self.plain, self.labels, self.indices)
+
+    def subset(self, indices: torch.Tensor) -> "AugmentedImages":
+        return AugmentedImages(self.base, self.labels[indices], self.indices[indices], plain=self.plain)
+
+    def relabel(self, labels: torch.Tensor) -> "AugmentedImages":
+        return AugmentedImages(self.base, labels, self.indices, plain=self.plain)
 
 
 def labels_of(dataset) -> list[int]:
@@ -115,19 +139,34 @@ def open_split(name: str, base: Path, download: bool, build: Callable[[str], obj
                       damaged=f"corrupt or incomplete: replace them with intact copies ({source.pattern()})")
 
 
-def transform(image_size: int):
+def eval_transform(config):
+    """The study's test transform: short side to ``resize`` (256), center square of ``image_size`` (224);
+    Ethos-lab/transfer_learning_for_adversarial_robustness, certified/transfer_datasets.py _TEST_TRANSFORM
+    (Scale(256) + CenterCrop(224)) and empirical/robustness/transfer_utils/constants.py TEST_TRANSFORMS."""
     from torchvision import transforms
 
-    # Short side to image_size, then a center square: every image gets the same shape, so batches stack.
-    return transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize(image_size),
-                               transforms.CenterCrop(image_size), transforms.ToTensor()])
+    return transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize(config.resize),
+                               transforms.CenterCrop(config.image_size), transforms.ToTensor()])
+
+
+def train_transform(config):
+    """The study's training transform, RandomResizedCrop(image_size) + RandomHorizontalFlip on the decoded
+    image (same files, _TRAIN_TRANSFORM / TRAIN_TRANSFORMS; RandomSizedCrop is the old name of
+    RandomResizedCrop), or the test transform for ``train_transform = "center-crop"``. torchvision draws the
+    crops from torch's global generator, which rtk seeds for every run (and DataLoader workers per worker)."""
+    from torchvision import transforms
+
+    if config.train_transform == "center-crop":
+        return eval_transform(config)
+    return transforms.Compose([transforms.Lambda(to_rgb), transforms.RandomResizedCrop(config.image_size),
+                               transforms.RandomHorizontalFlip(), transforms.ToTensor()])
 
 
 def builders(name: str, config) -> dict[str, Callable[[str], object]]:
     """torchvision constructors per official split: {"train": [...], "test": [...]} or {"all": [...]}."""
     from torchvision import datasets as tv
 
-    kw = dict(transform=transform(config.image_size), download=downloading(name, config))
+    kw = dict(download=downloading(name, config))  # no transform: LazyImages applies the split's own
     if name == "food101":
         return {s: [lambda r, s=s: tv.Food101(r, split=s, **kw)] for s in ("train", "test")}
     if name == "stanford-cars":
@@ -159,8 +198,9 @@ def class_names(dataset) -> list[str]:
     return list(getattr(dataset, "classes", None) or getattr(dataset, "categories"))
 
 
-def joined(name: str, parts: list, names: list[str]) -> FileImageSet:
-    """One FileImageSet over one or several official lists (DTD or Flowers train + val)."""
+def joined(name: str, parts: list, names: list[str], transform: Callable) -> FileImageSet:
+    """One FileImageSet over one or several official lists (DTD or Flowers train + val), read through
+    ``transform``."""
     labels = []
     for part in parts:
         ids = labels_of(part)
@@ -178,14 +218,26 @@ def joined(name: str, parts: list, names: list[str]) -> FileImageSet:
         raise DataError(f"{name}: label {bad[0]} is outside 0..{len(names) - 1}; the annotation files are"
                         " inconsistent: replace them with intact copies")
     base = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    return FileImageSet(LazyImages(base, name), torch.tensor(labels, dtype=torch.long))
+    return FileImageSet(LazyImages(base, name, transform), torch.tensor(labels, dtype=torch.long))
+
+
+def for_training(split: FileImageSet, config) -> FileImageSet:
+    """``split`` (read through the test transform) as a training split: through the training transform,
+    its ``unaugmented`` view the split itself; unchanged for ``train_transform = "center-crop"``."""
+    if config.train_transform == "center-crop":
+        return split
+    plain = split.base
+    return AugmentedImages(LazyImages(plain.base, plain.name, train_transform(config)), split.labels, split.indices,
+                           plain=plain)
 
 
 def per_class_split(name: str, labels: torch.Tensor, train_per_class: int, test_per_class: int | None,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class draw: ``train_per_class`` training indices per class, then
-    ``test_per_class`` (or all the rest) test indices; a class too small is a DataError."""
-    generator = torch.Generator().manual_seed(seed)
+                    seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, ``train_per_class`` training indices, then ``test_per_class`` (or all the rest) test
+    indices: the first ones in index order (the dataset's file order) when ``seed`` is None, as the
+    study's code takes Caltech's (certified/transfer_datasets.py: arange(start, start + 30) from each
+    class's first index), else a draw seeded with ``seed``. A class too small is a DataError."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     train, test = [], []
     need = train_per_class + (test_per_class or 1)
     for c in range(int(labels.max()) + 1 if len(labels) else 0):
@@ -193,7 +245,8 @@ def per_class_split(name: str, labels: torch.Tensor, train_per_class: int, test_
         if len(idx) < need:
             raise DataError(f"{name}: class {c} has {len(idx)} images, fewer than train_per_class = {train_per_class} "
                             f"plus {test_per_class or 1} test image(s); lower train_per_class (or test_per_class)")
-        idx = idx[torch.randperm(len(idx), generator=generator)]
+        if generator is not None:
+            idx = idx[torch.randperm(len(idx), generator=generator)]
         train.append(idx[:train_per_class])
         test.append(idx[train_per_class:train_per_class + test_per_class] if test_per_class else idx[train_per_class:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
@@ -204,21 +257,23 @@ def load_study_dataset(name: str, config) -> DataSplits:
     base = check_files(name, config.root, download)
     opened = {split: [open_split(name, base, download, build, split) for build in makers]
               for split, makers in builders(name, config).items()}
+    evaluate = eval_transform(config)
     if "all" in opened:
         (dataset,) = opened["all"]
         names = class_names(dataset)
-        everything = joined(name, [dataset], names)
+        everything = joined(name, [dataset], names, evaluate)
+        seed = config.split_seed if config.per_class_split == "seeded" else None
         train_idx, test_idx = per_class_split(name, everything.labels, config.train_per_class,
-                                              config.test_per_class, config.split_seed)
+                                              config.test_per_class, seed)
         train, test = everything.subset(train_idx), everything.subset(test_idx)
     else:
         names = class_names(opened["train"][0])
-        train, test = joined(name, opened["train"], names), joined(name, opened["test"], names)
+        train, test = joined(name, opened["train"], names, evaluate), joined(name, opened["test"], names, evaluate)
     if len(train) == 0 or len(test) == 0:
         empty = "training" if len(train) == 0 else "test"
         raise DataError(f"{name}: the {empty} split under {base / SOURCES[name].folder} is empty; check the annotation"
                         f" files ({SOURCES[name].pattern()})")
-    return DataSplits(train, test, num_classes=len(names), class_names=names, name=name)
+    return DataSplits(for_training(train, config), test, num_classes=len(names), class_names=names, name=name)
 
 
 def load(config) -> DataSplits:

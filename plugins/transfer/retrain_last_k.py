@@ -8,7 +8,7 @@ from rtk.errors import RtkError
 from rtk.stages.training import CrossEntropy, fit
 from rtk.stages.strategy import set_trainable
 from rtk_plugins.transfer.base import Strategy
-from rtk_plugins.transfer.batchnorm import freeze_bn_affine, train_mode
+from rtk_plugins.transfer.batchnorm import bn_layers, freeze_bn_affine, train_mode
 
 
 def reinitialise(block: nn.Module, name: str) -> None:
@@ -46,7 +46,10 @@ class RetrainLastK(Strategy):
                 freeze_bn_affine(block)
 
         def set_mode(m):
-            m.eval()  # the frozen layers' BN keeps the source statistics, dropout stays off
+            m.eval()  # the frozen layers: dropout off, BN with the source's statistics ...
+            if cfg.frozen_bn_stats == "batch":  # ... or re-estimating them on the target, weights frozen
+                for bn in bn_layers(m):
+                    bn.train()
             for block in trained:
                 train_mode(block, cfg.bn_stats)
 

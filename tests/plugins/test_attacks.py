@@ -19,6 +19,8 @@ LINF, L2 = 0.15, 1.0  # digits pixels come in steps of 1/16: these break an unde
 CASES = {
     "fgsm": ("fgsm", {"eps": LINF}),
     "pgd": ("pgd", {"eps": LINF, "steps": 10}),
+    "pgd-best-example": ("pgd", {"eps": LINF, "steps": 10, "keep": "best-example"}),
+    "pgd-best-batch-L2": ("pgd", {"norm": "L2", "eps": L2, "steps": 10, "keep": "best-batch"}),
     "cw-pgd": ("cw-pgd", {"eps": LINF, "steps": 10}),
     "cw-pgd-L2": ("cw-pgd", {"norm": "L2", "eps": L2, "steps": 10}),
     "apgd-ce": ("apgd-ce", {"eps": LINF, "steps": 10}),
@@ -139,6 +141,71 @@ def test_cw_pgd_defaults_are_shafahis_cw20():
     cfg = attack.config
     assert (attack.norm, cfg.steps, cfg.kappa, cfg.random_start) == ("Linf", 20, 50.0, True)
     assert attack.eps == pytest.approx(8 / 255) and attack.alpha == pytest.approx(2 / 255)
+
+
+class Peak(torch.nn.Module):
+    """Two classes; logit 1 - logit 0 = -k (x - c)^2 for pixel x = image[..., 0] and a peak c = image[..., 1]
+    that the attack cannot move (detached: zero gradient, zero sign step). For label 0 the loss
+    softplus(-k (x - c)^2) is highest at x = c, so sign steps that overshoot c lose loss again."""
+
+    def __init__(self, k: float = 10.0):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(k))
+
+    def forward(self, images):
+        x, c = images.flatten(1)[:, 0], images.flatten(1)[:, 1].detach()
+        return torch.stack([torch.zeros_like(x), -self.k * (x - c) ** 2], 1)
+
+
+def test_pgd_keep_returns_the_best_iterate_not_the_last():
+    # From x = 0.3, steps of 0.2 go 0.3 -> 0.5 -> 0.7. Peak 0.52: the best iterate is 0.5, the
+    # last 0.7. Peak 0.65: the last, 0.7, is that example's best, but the batch-mean loss is
+    # highest at step 1 (0.691 + 0.583 > 0.545 + 0.681), so best-batch moves both back to 0.5.
+    model = Peak()
+    images = torch.tensor([[0.3, 0.52], [0.3, 0.65]]).view(2, 1, 1, 2)
+    labels = torch.zeros(2, dtype=torch.long)
+    options = {"eps": 0.5, "alpha": 0.2, "steps": 2, "random_start": False}
+    run = {keep: build("pgd", options | {"keep": keep})(model, images, labels) for keep in ("last", "best-batch",
+                                                                                          "best-example")}
+    pixel = {keep: adversarial[:, 0, 0, 0].tolist() for keep, adversarial in run.items()}
+    assert pixel == {"last": pytest.approx([0.7, 0.7]), "best-batch": pytest.approx([0.5, 0.5]),
+                     "best-example": pytest.approx([0.5, 0.7])}
+    assert all(torch.equal(adversarial[..., 1], images[..., 1]) for adversarial in run.values())
+    with torch.no_grad():  # each kept iterate's loss beats the last one's, as the batch mean or per example
+        mean = {k: F.cross_entropy(model(v), labels).item() for k, v in run.items()}
+        each = {k: F.cross_entropy(model(v), labels, reduction="none") for k, v in run.items()}
+    assert mean["best-batch"] > mean["last"] and (each["best-example"] >= each["best-batch"]).all()
+    assert (each["best-example"] >= each["last"]).all() and each["best-example"][1] > each["best-batch"][1]
+
+
+def test_pgd_keeps_the_last_iterate_by_default_through_torchattacks(trained):
+    model, images, labels, _ = trained
+    assert build("pgd", {}).config.keep == "last"
+    torch.manual_seed(0)
+    ours = build("pgd", {"eps": LINF, "steps": 3})(model, images[:20], labels[:20])
+    import torchattacks
+
+    torch.manual_seed(0)
+    reference = torchattacks.PGD(model.eval(), eps=LINF, alpha=LINF / 4, steps=3, random_start=True)(
+        images[:20], labels[:20])
+    assert torch.equal(ours, reference)
+
+
+def test_best_iterate_pgd_follows_torchattacks_steps(trained):
+    # With one step the last iterate beats the (clean) start on nearly every example: best-example
+    # then returns torchattacks' own step wherever that step raised the loss.
+    model, images, labels, _ = trained
+    images, labels = images[:20], labels[:20]
+    import torchattacks
+
+    step = torchattacks.PGD(model.eval(), eps=LINF, alpha=LINF / 4, steps=1, random_start=False)(images, labels)
+    best = build("pgd", {"eps": LINF, "steps": 1, "random_start": False, "keep": "best-example"})(
+        model, images, labels)
+    with torch.no_grad():
+        raised = F.cross_entropy(model(step), labels, reduction="none") > F.cross_entropy(
+            model(images), labels, reduction="none")
+    assert raised.sum() >= 15
+    assert torch.allclose(best[raised], step[raised], atol=1e-6) and torch.equal(best[~raised], images[~raised])
 
 
 def test_fgsm_is_one_sign_step(trained):

@@ -11,8 +11,8 @@ import torch
 
 from rtk.data import FileImageSet, apply_options
 from rtk.errors import DataError
-from rtk_plugins.study_datasets import (DATASETS, AircraftConfig, Caltech101Config, DtdConfig, Food101Config,
-                                        PetsConfig, Sun397Config)
+from rtk_plugins.study_datasets import (DATASETS, AircraftConfig, Caltech101Config, Caltech256Config, DtdConfig,
+                                        Food101Config, PetsConfig, Sun397Config)
 from rtk_plugins.study_datasets import torchvision_data
 
 
@@ -164,19 +164,34 @@ def test_pets_official_trainval_and_test(pets_root):
     assert data.train.take(torch.arange(6))[0].shape == (6, 3, 12, 12)
 
 
-def test_caltech101_seeded_per_class_split_drops_background(caltech_root):
+def test_caltech101_first_images_per_class_drop_background(caltech_root):
+    """The study's split (certified/transfer_datasets.py _caltech101): the first train_per_class images of
+    each class in file order (image_0001.jpg, ...) for training, every other image for testing."""
     config = Caltech101Config(root=str(caltech_root), image_size=10, train_per_class=3)
     data = load("caltech101", config)
     assert data.num_classes == 3 and data.class_names == ["accordion", "camera", "yin_yang"]
     assert torch.bincount(data.train.labels).tolist() == [3, 3, 3]
     assert torch.bincount(data.test.labels).tolist() == [2, 3, 4]  # every other image is a test image
-    assert not set(data.train.indices.tolist()) & set(data.test.indices.tolist())
+    # Classes hold 5, 6 and 7 images (indices 0-4, 5-10, 11-17): the first three of each are the training set.
+    assert data.train.indices.tolist() == [0, 1, 2, 5, 6, 7, 11, 12, 13]
+    assert data.test.indices.tolist() == [3, 4, 8, 9, 10, 14, 15, 16, 17]
+    files = data.train.base.base.index  # torchvision's file numbers: image_{n:04d}.jpg
+    assert [files[i] for i in data.train.indices.tolist()] == [1, 2, 3] * 3
     images, _ = data.train.take(torch.arange(len(data.train)))  # the grayscale image comes back as RGB
     assert images.shape == (9, 3, 10, 10)
-    again = load("caltech101", config)
-    assert again.train.indices.tolist() == data.train.indices.tolist()
-    other = load("caltech101", Caltech101Config(root=str(caltech_root), image_size=10, train_per_class=3, split_seed=1))
+
+
+def test_caltech_seeded_draw_stays_an_option(caltech_root):
+    seeded = dict(root=str(caltech_root), image_size=10, train_per_class=3, per_class_split="seeded")
+    data = load("caltech101", Caltech101Config(**seeded))
+    assert torch.bincount(data.train.labels).tolist() == [3, 3, 3]
+    assert not set(data.train.indices.tolist()) & set(data.test.indices.tolist())
+    assert load("caltech101", Caltech101Config(**seeded)).train.indices.tolist() == data.train.indices.tolist()
+    other = load("caltech101", Caltech101Config(**seeded, split_seed=1))
     assert other.train.indices.tolist() != data.train.indices.tolist()
+    assert (Caltech101Config().per_class_split, Caltech256Config().per_class_split) == ("first", "first")
+    assert (Caltech101Config().train_per_class, Caltech256Config().train_per_class) == (30, 60)
+    assert Sun397Config().per_class_split == "seeded"
 
 
 def test_caltech101_capped_test_and_too_small_class(caltech_root):
@@ -302,7 +317,8 @@ def test_file_backed_sets_pickle_and_load_through_workers(dtd_root):
 
     data = load("dtd", DtdConfig(root=str(dtd_root), image_size=8))
     copy = pickle.loads(pickle.dumps(data.train))  # DataLoader workers under "spawn" receive the set pickled
-    assert torch.equal(copy[2][0], data.train[2][0])
+    assert torch.equal(copy.unaugmented[2][0], data.train.unaugmented[2][0])
+    assert copy[2][0].shape == (3, 8, 8)  # the training view augments, also in a copy
     batches = list(iterate(data.train, 4, num_workers=1))
     assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 8, 8), (4, 3, 8, 8), (1, 3, 8, 8)]
     assert torch.cat([labels for _, labels in batches]).tolist() == data.train.labels.tolist()
@@ -321,3 +337,88 @@ def test_sun397_per_class_train_and_test_counts(tmp_path):
     assert torch.bincount(data.train.labels).tolist() == [2, 2] and torch.bincount(data.test.labels).tolist() == [3, 3]
     assert not set(data.train.indices.tolist()) & set(data.test.indices.tolist())
     assert data.test[0][0].shape == (3, 6, 6)
+
+
+# ---------------------------------------------------------------- the study's transforms
+
+
+def _position_image(width: int = 400, height: int = 300):
+    """An RGB image whose red channel is x / (width - 1) and green channel y / (height - 1): the pixels of a
+    transformed image say where in the original they came from."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).round().astype(np.uint8))
+
+
+def test_eval_transform_is_resize_256_then_center_crop_224():
+    """certified/transfer_datasets.py _TEST_TRANSFORM: Scale(256) + CenterCrop(224). A 400x300 image becomes
+    341x256, of which the center 224x224 is kept: x from ~68 to ~330 of 400, y from ~19 to ~281 of 300 (rtk's
+    earlier short-side-to-224 crop kept all of y and x from 50 to 350)."""
+    image = torchvision_data.eval_transform(Caltech101Config())(_position_image())
+    assert image.shape == (3, 224, 224)
+    red, green = image[0], image[1]
+    assert 0.16 < red[:, 0].mean() < 0.18 and 0.81 < red[:, -1].mean() < 0.84
+    assert 0.05 < green[0].mean() < 0.075 and 0.925 < green[-1].mean() < 0.95
+    whole = torchvision_data.eval_transform(Caltech101Config(resize=224))(_position_image())  # the short side kept
+    assert whole.shape == (3, 224, 224) and whole[1, 0].mean() < 0.01 and whole[1, -1].mean() > 0.99
+
+
+def test_train_transform_is_random_resized_crop_and_flip_of_the_whole_image():
+    """_TRAIN_TRANSFORM: RandomResizedCrop(224) + RandomHorizontalFlip on the decoded image, not on a
+    pre-cropped square: over a few draws the crops reach the image's left and right borders, zoom in, and
+    some are flipped."""
+    transform = torchvision_data.train_transform(Caltech101Config())
+    torch.manual_seed(0)
+    draws = [transform(_position_image()) for _ in range(40)]
+    assert all(d.shape == (3, 224, 224) for d in draws)
+    assert len({d.numpy().tobytes() for d in draws}) == 40
+    red = [d[0] for d in draws]
+    assert min(r.min() for r in red) < 0.1 and max(r.max() for r in red) > 0.9  # outside the center square
+    assert min(r.max() - r.min() for r in red) < 0.4  # some crops zoom in
+    flipped = [bool(r[:, 0].mean() > r[:, -1].mean()) for r in red]
+    assert any(flipped) and not all(flipped)
+    plain = torchvision_data.train_transform(Caltech101Config(train_transform="center-crop"))
+    assert torch.equal(plain(_position_image()), torchvision_data.eval_transform(Caltech101Config())(_position_image()))
+
+
+@pytest.fixture
+def big_caltech_root(tmp_path):
+    """Caltech-101 with two classes of three 400x300 position images."""
+    base = tmp_path / "caltech101" / "101_ObjectCategories"
+    for cls in ("ant", "bee"):
+        (base / cls).mkdir(parents=True)
+        for i in range(3):
+            _position_image().save(base / cls / f"image_{i + 1:04d}.jpg", quality=95)
+    (base / "BACKGROUND_Google").mkdir()
+    return tmp_path
+
+
+def test_training_split_augments_as_it_reads_and_keeps_an_unaugmented_view(big_caltech_root):
+    config = Caltech101Config(root=str(big_caltech_root), train_per_class=2)
+    data = load("caltech101", config)
+    assert data.test[0][0].shape == (3, 224, 224)
+    torch.manual_seed(0)
+    first, second = data.train[0][0], data.train[0][0]
+    assert first.shape == (3, 224, 224) and not torch.equal(first, second)  # a new crop at every read
+    plain = data.train.unaugmented
+    assert torch.equal(plain[0][0], plain[0][0]) and torch.equal(plain[0][0], data.test[0][0])  # test transform
+    assert 0.16 < plain[0][0][0, :, 0].mean() < 0.18
+    # The shared dataset options keep both views.
+    picked = apply_options(data, Caltech101Config(root=str(big_caltech_root), train_per_class=2, per_class=1,
+                                                  classes=[1]))
+    assert len(picked.train) == 1 and picked.train.labels.tolist() == [0]
+    assert len(picked.train.unaugmented) == 1 and torch.equal(picked.train.unaugmented[0][0], data.test[0][0])
+    # train_transform = "center-crop": the training images read exactly as the test images.
+    still = load("caltech101", Caltech101Config(root=str(big_caltech_root), train_per_class=2,
+                                                train_transform="center-crop"))
+    assert torch.equal(still.train[0][0], data.test[0][0]) and not hasattr(still.train, "unaugmented")
+
+
+def test_resize_smaller_than_the_crop_is_refused():
+    with pytest.raises(ValueError, match="resize = 200 is smaller than image_size = 224"):
+        Caltech101Config(resize=200)
+    assert (Food101Config().image_size, Food101Config().resize, Food101Config().train_transform) == (
+        224, 256, "random-resized-crop-flip")

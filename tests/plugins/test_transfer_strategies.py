@@ -120,6 +120,100 @@ def test_linear_probe_honours_optimizer_decay_and_schedule():
     assert not torch.allclose(decayed.head.bias, head.bias, atol=1e-5)
 
 
+def probe(model, data, **options):
+    cfg = build_config(LinearProbeConfig, {"epochs": 2, "batch_size": 50, "lr": 0.05, "optimizer": "sgd", **options})
+    return LinearProbe(cfg).transfer(model, data, ctx())
+
+
+def weights(state: dict) -> dict:
+    """Every learned tensor and BN statistic of the body (not num_batches_tracked)."""
+    return {k: v for k, v in state.items() if k.startswith(("body", "preprocess")) and "num_batches" not in k}
+
+
+def test_linear_probe_default_keeps_the_source_bn_statistics():
+    data = digits_target()
+    model, before = bn_cnn(), snapshot(bn_cnn())
+    probe(model, data)
+    body = weights(snapshot(model))
+    assert body and all(torch.equal(body[k], before[k]) for k in body)  # weights and running statistics
+    assert not torch.equal(model.head.weight, bn_cnn(num_classes=5).head.weight) and not model.training
+
+
+def test_linear_probe_batch_bn_stats_re_estimates_statistics_with_frozen_weights():
+    """The study's final-layer policy (model.train() over a frozen ResNet-50): every step runs the body with
+    BatchNorm in train mode; the running statistics move towards the target's, no weight of the body changes,
+    and the head equals a hand-written loop on batch-statistic features."""
+    data = digits_target()
+    model, before = bn_cnn(), snapshot(bn_cnn())
+    modes = []
+    bns = [m for m in model.body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns[0].register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    run_ctx = ctx()
+    cfg = build_config(LinearProbeConfig, {"epochs": 2, "batch_size": 50, "lr": 0.05, "optimizer": "sgd",
+                                           "head_init": "zeros", "frozen_bn_stats": "batch"})
+    LinearProbe(cfg).transfer(model, data, run_ctx)
+    after = snapshot(model)
+    stats = bn_buffers("body", after)
+    assert stats and all(not torch.equal(after[k], before[k]) for k in stats)  # re-estimated on the target
+    learned = [k for k in weights(after) if k not in stats]
+    assert learned and all(torch.equal(after[k], before[k]) for k in learned)  # conv, linear, BN affine frozen
+    assert len(modes) == 2 * math.ceil(len(data.train) / 50) and all(modes)  # no cached features: every step
+    assert not model.training
+
+    # The same by hand: body in eval mode but its BN in train mode, the head alone trained by SGD.
+    reference = bn_cnn()
+    head = nn.Linear(12, 5)
+    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    reference.eval()
+    for bn in (m for m in reference.body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        bn.train()
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9)
+    generator = run_ctx.generator(offset=1000)
+    for _ in range(2):
+        for x, y in iterate(data.train, 50, shuffle=True, generator=generator):
+            optimizer.zero_grad()
+            with torch.no_grad():
+                z = reference.features(x)
+            nn.functional.cross_entropy(head(z), y).backward()
+            optimizer.step()
+    assert torch.allclose(model.head.weight, head.weight, atol=1e-5)
+    for key in stats:
+        assert torch.allclose(after[key], reference.state_dict()[key], atol=1e-5)
+
+
+def test_linear_probe_augments_only_without_a_cache():
+    with pytest.raises(ConfigValueError, match='frozen_bn_stats = "batch"'):
+        build_config(LinearProbeConfig, {"augment": "flip"})
+    cfg = build_config(LinearProbeConfig, {"augment": "flip", "frozen_bn_stats": "batch"})
+    assert (cfg.augment, LinearProbeConfig().frozen_bn_stats) == ("flip", "frozen")
+
+
+class _Augmenting(ImageSet):
+    """A training split that augments as it reads (as the study datasets do), with its un-augmented view."""
+
+    def __init__(self, plain: ImageSet):
+        super().__init__(torch.rand_like(plain.images), plain.labels)
+        self.unaugmented = plain
+
+    def subset(self, indices):
+        return _Augmenting(self.unaugmented.subset(indices))
+
+
+def test_cached_features_come_from_the_unaugmented_view(monkeypatch):
+    import rtk_plugins.transfer.heads as heads
+
+    data = digits_target()
+    augmenting = dataclasses.replace(data, train=_Augmenting(data.train))
+    seen = []
+    real = heads.compute_features
+    monkeypatch.setattr(heads, "compute_features", lambda model, split, *a, **k: seen.append(split) or
+                        real(model, split, *a, **k))
+    plain, aug = bn_cnn(), bn_cnn()
+    probe(plain, data, head_init="zeros")
+    probe(aug, augmenting, head_init="zeros")
+    assert seen[1] is data.train and torch.equal(plain.head.weight, aug.head.weight)
+
+
 # ---------------------------------------------------------------- retrain-last-k
 
 
@@ -170,6 +264,22 @@ def test_retrain_last_k_bn_stats_batch_updates_only_the_retrained_statistics():
     after = snapshot(model)
     for key in bn_buffers("body.2", after):
         assert not torch.equal(after[key], reset.state_dict()[key])
+
+
+@pytest.mark.parametrize("frozen_bn_stats", ["frozen", "batch"])
+def test_retrain_last_k_frozen_bn_stats(frozen_bn_stats):
+    """The frozen layers' BN keeps the source's statistics by default; "batch" (the study's final-layer
+    policy) re-estimates them on the target, and no frozen weight changes either way."""
+    data = digits_target()
+    model, before = bn_cnn(), snapshot(bn_cnn())
+    retrain(model, data, k=1, frozen_bn_stats=frozen_bn_stats)
+    after = snapshot(model)
+    stats = bn_buffers("body", after)
+    moved = [not torch.equal(after[k], before[k]) for k in stats]
+    assert stats and (all(moved) if frozen_bn_stats == "batch" else not any(moved))
+    learned = [k for k in weights(after) if k not in stats]
+    assert learned and all(torch.equal(after[k], before[k]) for k in learned)
+    assert not model.training
 
 
 def test_retrain_last_k_can_keep_bn_affine_fixed():
