@@ -118,16 +118,68 @@ def cli(debug):
               help="The source store (default $RTK_HOME, else ~/.cache/rtk).")
 @click.option("--download", is_flag=True,
               help="Let the datasets of this run download missing files (torchvision's downloads).")
+@click.option("--shard", metavar="I/N",
+              help="Run only shard I of N of the sweep points: point i (0-based, in sweep order) belongs to shard"
+                   " (i % N) + 1. Shards run at the same time into one --out (a lock per point); each point's result"
+                   " goes to OUT/points/<i>.json when done, and the shard that finds every point done writes"
+                   " results.json (else `rtk collect OUT`; `rtk status OUT` shows the points). --resume skips this"
+                   " shard's done points and continues an interrupted one.")
+@click.option("--sources-only", is_flag=True,
+              help="Only train or import the sources the store lacks (of every point, of --shard I/N's points, or"
+                   " --source K/M), into the store; --out gets only training state, which --resume continues.")
+@click.option("--source", "source_share", metavar="K/M",
+              help="With --sources-only: only the K-th of the recipe's M distinct sources (1-based, in the order"
+                   " --dry-run's plan lists them).")
+@click.option("--launcher", type=click.Choice(["slurm", "local"]),
+              help="Run as jobs through submitit (pip install \"rtk[slurm]\"): one per source the store lacks, one"
+                   " per sweep point (after its source's job), one that collects (after them). slurm submits them and"
+                   " returns; local runs them here as subprocesses and waits. The same command again submits only what"
+                   " is missing. With --dry-run: print the job graph.")
+@click.option("--partition", metavar="NAME", help="With --launcher slurm: the partition.")
+@click.option("--gpus", type=click.IntRange(min=0), help="With --launcher: GPUs per job (default 1).")
+@click.option("--cpus", type=click.IntRange(min=1), help="With --launcher: CPUs per task (default 8).")
+@click.option("--time", "time_limit", metavar="TIME",
+              help="With --launcher: each job's time limit, minutes or HH:MM:SS (default 24:00:00); a job that"
+                   " reaches it is requeued and resumes.")
+@click.option("--account", metavar="NAME", help="With --launcher slurm: the account to charge.")
+@click.option("--sbatch", "sbatch", multiple=True, metavar="KEY=VALUE",
+              help="With --launcher slurm: one more sbatch option, e.g. --sbatch qos=high (repeatable).")
+@click.option("--launcher-config", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Job resources (the keys of the options above) when not given as options; default"
+                   " $RTK_LAUNCHER_CONFIG, else ~/.config/rtk/launcher.toml.")
 @handle_errors
-def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic, dry_run, store_dir, download):
+def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic, dry_run, store_dir, download,
+        shard, sources_only, source_share, launcher, partition, gpus, cpus, time_limit, account, sbatch,
+        launcher_config):
     """Run RECIPE: take each source from the store (training it there first when missing) or its
     weights file, transfer, evaluate, certify; write results to --out."""
     from rtk.config.recipe import load_recipe
+    from rtk.services.shards import parse_share
     from rtk.services.store import SourceStore
 
     if resume and out is None:
         fail("--resume needs --out DIR, the folder of the interrupted run")
+    shard = parse_share(shard, "--shard") if shard is not None else None
+    source_share = parse_share(source_share, "--source") if source_share is not None else None
+    if shard is not None and out is None and not sources_only:
+        fail("--shard needs --out DIR, the folder every shard writes into")
+    resources = {"partition": partition, "gpus": gpus, "cpus": cpus, "time": time_limit, "account": account,
+                 "sbatch": sbatch}
+    if launcher is None and (launcher_config or any(v not in (None, ()) for v in resources.values())):
+        fail("--partition, --gpus, --cpus, --time, --account, --sbatch and --launcher-config go with --launcher")
+    if launcher is not None and (shard or sources_only or source_share):
+        fail("--launcher makes the --shard and --sources-only jobs itself; give neither")
     loaded = load_recipe(recipe, profile, list(overrides))
+    if launcher is not None:  # the job graph through submitit (rtk.launch); the same command resumes it
+        from rtk.launch import launch
+
+        code = launch(recipe, loaded, registry(), launcher=launcher, out=out, store=SourceStore(store_dir),
+                      profile=profile, overrides=list(overrides), options=resources, config_file=launcher_config,
+                      dry_run=dry_run, overwrite=overwrite, deterministic=deterministic, download=download,
+                      console=console)
+        if code:
+            sys.exit(code)
+        return
     if dry_run:
         from rtk.config.spec import resolve
         from rtk.stages.datasets import Datasets
@@ -136,18 +188,38 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
         specs = resolve(loaded, registry())  # not allow_downloads: a dry run fetches nothing
         profiled = f" (profile {profile})" if profile else ""
         console.print(f"plan of {recipe}{profiled}, store {SourceStore(store_dir).root}:", highlight=False)
-        for line in plan(specs, SourceStore(store_dir), Datasets(), download):
+        if shard or sources_only or source_share:
+            lines = dry_run_share(specs, SourceStore(store_dir), Datasets(), shard, sources_only, source_share,
+                                  download)
+        else:
+            lines = plan(specs, SourceStore(store_dir), Datasets(), download)
+        for line in lines:
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
         return
     from rtk.stages.runner import Runner
 
     runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
-                    resume=resume, deterministic=deterministic, store=SourceStore(store_dir), download=download)
+                    resume=resume, deterministic=deterministic, store=SourceStore(store_dir), download=download,
+                    shard=shard, sources_only=sources_only, source=source_share)
     if runner.world.is_main:  # under torchrun only rank 0 speaks
         profiled = f" (profile {profile})" if profile else ""
-        err_console.print(f"rtk: {len(runner.specs)} run(s) of {recipe}{profiled} -> {runner.out_dir}")
+        what = f"{len(runner.specs)} run(s)"
+        if sources_only:
+            what = f"the sources of {len(runner.selected)} of {len(runner.specs)} run(s)"
+        elif shard:
+            what = f"shard {shard[0]}/{shard[1]}: {len(runner.selected)} of {len(runner.specs)} run(s)"
+        err_console.print(f"rtk: {what} of {recipe}{profiled} -> {runner.out_dir}")
     runner.run()
     runner.report(console)
+
+
+def dry_run_share(specs, store, datasets, shard, sources_only, source_share, download) -> list[str]:
+    """The plan of a shard or a --sources-only run (rtk.services.shards.share_plan)."""
+    from rtk.services.shards import select_points, share_plan
+
+    selected = select_points(specs, shard, source_share, sources_only)
+    label = f"shard {shard[0]}/{shard[1]}" if shard else ""
+    return share_plan(specs, selected, store, datasets, sources_only, label, download)
 
 
 @cli.command("eval")
@@ -251,9 +323,12 @@ def list_plugins(kind, as_json, options_of):
 
 
 def _add_store_commands() -> None:
+    from rtk.collect_command import collect, status
     from rtk.store_command import sources
 
     cli.add_command(sources)
+    cli.add_command(collect)
+    cli.add_command(status)
 
 
 _add_store_commands()

@@ -12,6 +12,11 @@ The layout (``RunFolder``), under the run folder:
     eval-state/run-<i>.json              run i's pending marker: trained, not yet in results.json
     eval-state/run-<i>.safetensors       run i's evaluation progress
     eval-state/<name>-<i>.jsonl          run i's per-example rows (``ctx.state("certify")``: a certifier's)
+    points/sweep.json                    a sharded run's sweep (``--shard I/N``, rtk.services.shards):
+                                         results.json's header and every point's id, in order
+    points/<i>.json                      point i's finished result (its entry of results.json)
+    points/<i>.error                     point i's failure: the one-line message, the log's path
+    locks/                               the per-point and per-shard locks (rtk.services.locking)
 
 A ``StateFile`` is one of these files; its suffix picks the format, and none of them unpickles:
 ``.safetensors`` (tensors, other values as JSON metadata), ``.pt`` (tensors and plain values,
@@ -35,6 +40,7 @@ from typing import Any, Callable
 from rtk.errors import RtkError, write_error
 
 TRAIN_STATE, EVAL_STATE, CHECKPOINTS, FEATURE_CACHE = "train-state", "eval-state", "checkpoints", "feature-cache"
+POINTS = "points"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -42,12 +48,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     ``path``: readers and a killed run never see half a file. Any OSError (full disk, lost
     permission) becomes a one-line error naming ``path``; the temporary file never stays behind."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise write_error(path, exc) from None
+    for attempt in range(3):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            break
+        except FileNotFoundError as exc:  # another shard's tidy() removed the folder, empty, just now
+            if attempt == 2:
+                raise write_error(path, exc) from None
+        except OSError as exc:
+            raise write_error(path, exc) from None
     tmp = Path(name)
     try:
         write(tmp)
@@ -304,6 +315,22 @@ class RunFolder:
         """Delete run ``index``'s state once its results are saved."""
         for state in (self.pending(index), self.evaluation(index), *map(StateFile, self.run_rows(index))):
             state.remove()
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / POINTS / "sweep.json"
+
+    def point_result(self, index: int) -> Path:
+        return self.root / POINTS / f"{index}.json"
+
+    def point_error(self, index: int) -> Path:
+        return self.root / POINTS / f"{index}.error"
+
+    def started(self, index: int) -> bool:
+        """Whether run ``index`` left resume state (an interrupted attempt that --resume continues)."""
+        training = [*self.train_dir.glob(f"transfer-{index}.pt"), *self.train_dir.glob(f"transfer-{index}.*.pt")]
+        return (self.target_weights(index).is_file() or self.pending(index).path.is_file()
+                or self.evaluation(index).path.is_file() or bool(self.run_rows(index)) or bool(training))
 
     def run_rows(self, index: int) -> list[Path]:
         return list((self.root / EVAL_STATE).glob(f"*-{index}.jsonl"))

@@ -7,23 +7,32 @@ Layout under it:
     sources/<key>/weights.safetensors   the weights
     sources/<key>/info.json             what made them (recipe, run, env, versions, clean accuracy,
                                         seconds) and the weights' sha256 and size
-    locks/<key>.lock                    held (flock) by the process that is training <key>
+    locks/<key>.lock                    held (a POSIX lock) by the process that is training <key>
     data/                               where --download puts datasets when no root is given
 
 An entry is built in a temporary folder beside its final place and renamed into place, so it is
 either whole or absent. Every load re-hashes the weights against info.json: a corrupt or
 truncated entry is an error naming ``rtk sources rm KEY``, never silently used. Keys come from
 rtk.config.source_key.
+
+The store may be shared by machines (``RTK_HOME`` on a shared filesystem, jobs of a cluster on
+different nodes): an entry appears by a rename, and the lock on a key that is being trained is a
+POSIX record lock (``fcntl.lockf``, rtk.services.locking), which Linux NFS clients forward to the
+server's lock manager (NFSv3 lockd, NFSv4 built in), unlike ``flock`` on some NFS setups. This
+assumes the filesystem honours those locks across machines; where it does not (NFS mounted with
+``nolock`` or ``local_lock=all``, a Lustre mount without ``-o flock``), two nodes that miss the
+same source may both train it (the later one then finds the entry in place and uses it, or, when
+both publish at the same moment, stops with an error and reuses it when run again). There, give
+each node its own store, or train the sources first (``rtk run RECIPE --sources-only --source
+K/M``, one job per source, then the transfers).
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,11 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rtk.errors import RtkError, write_error
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; two runs may both train a missing source
-    fcntl = None
+from rtk.services.locking import FileLock
 
 HOME_ENV = "RTK_HOME"
 WEIGHTS, INFO = "weights.safetensors", "info.json"
@@ -204,38 +209,16 @@ class SourceStore:
     @contextlib.contextmanager
     def lock(self, key: str, on_wait: Callable[[str], None] = lambda holder: None) -> Iterator[None]:
         """Hold ``key``'s lock: the process that trains a missing source holds it, so another one
-        that needs the same source waits (``on_wait(holder)`` once) instead of training it twice.
-        flock locks die with their process: a killed trainer never leaves a stale lock."""
-        if fcntl is None:
-            yield
-            return
+        that needs the same source waits (``on_wait(holder)`` once) instead of training it twice,
+        on this machine or another that shares the store (a POSIX record lock, see the module's
+        docstring). It dies with its process: a killed trainer never leaves a stale lock."""
         path = self.locks / f"{key}.lock"
+
+        def busy(kind: str, holder: str) -> StoreError:  # only a second lock on it within this process
+            return StoreError(f"source {key} is locked by this process already ({holder}); train it in one place")
+
+        lock = FileLock(path, busy=busy).acquire(wait=True, on_wait=on_wait)
         try:
-            self.locks.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise write_error(path, exc) from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise write_error(path, exc) from None
-                on_wait(_holder(fd))
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-            except OSError:
-                pass  # the holder line is only for the waiting message
             yield
         finally:
-            os.close(fd)  # drops the flock
-
-
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
+            lock.release()

@@ -79,6 +79,10 @@ def describe_source(spec: RunSpec, store: SourceStore, datasets: Datasets, notes
                 f" then keep it in the store as {key}{origin}")
     if source.weights is not None:
         return f"{what}: load the weights file {source.weights}{origin}"
+    config = source.model.config
+    if getattr(config, "pretrained", False) or getattr(config, "timm_weights", None):
+        where = getattr(config, "timm_weights", None) or "the Hugging Face cache or hub"
+        return f"{what}: its published pretrained weights (from {where}){origin}"
     return f"{what}: randomly initialised (no weights, not trained){origin}"
 
 

@@ -20,6 +20,14 @@ per-example certifiers (rtk.evaluation.certifier.Certifier) share out examples (
 rtk.services.distributed); only rank 0 writes files or prints (the other ranks' consoles are
 quiet), and results equal a single-process run's. A distributed run does not save evaluation or certification progress
 mid-way (an interrupted one restarts that stage when resumed).
+
+Sharded (``shard=(I, N)``, ``rtk run --shard I/N``): only the points of shard I run, point i
+belonging to shard (i % N) + 1; several shards write one folder at the same time, each point under
+its own lock, each point's result into points/<i>.json as soon as it is done; the shard that
+finds every point done writes results.json (rtk.services.shards; else ``rtk collect``). With
+``--resume`` a shard skips its points that are done and continues an interrupted one.
+``sources_only`` (``--sources-only``, optionally ``source=(K, M)``): only the selected points'
+sources, trained or imported into the store; nothing but training state goes into the folder.
 """
 from __future__ import annotations
 
@@ -43,8 +51,9 @@ from rtk.config.spec import RunSpec, resolve
 from rtk.errors import RtkError
 from rtk.registry import Registry
 from rtk.services import distributed
-from rtk.services.locking import OutputLock
-from rtk.services.results import results_table, reused_sources, write_results
+from rtk.services import shards
+from rtk.services.locking import OutputLock, PointLock, ShardLock, header_lock
+from rtk.services.results import results_table, write_results
 from rtk.config.source_key import source_key
 from rtk.services.state import RunFolder, atomic_write_text
 from rtk.services.store import SourceStore
@@ -94,10 +103,16 @@ EXISTING = ("{} already holds results.json; choose another --out, pass --overwri
 class Runner:
     def __init__(self, recipe: Recipe, registry: Registry, out_dir: Path | None = None, *,
                  show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False,
-                 deterministic: bool = False, store: SourceStore | None = None, download: bool = False):
+                 deterministic: bool = False, store: SourceStore | None = None, download: bool = False,
+                 shard: tuple[int, int] | None = None, sources_only: bool = False,
+                 source: tuple[int, int] | None = None):
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
+        self.shard, self.sources_only = shard, sources_only
+        self.sharded = shard is not None and not sources_only  # runs its points into a shared folder
+        self.selected = shards.select_points(self.specs, shard, source, sources_only)
+        self.collected, self.source_lines = False, []
         if download:
             allow_downloads(self.specs)
         self.store = store or SourceStore()
@@ -114,12 +129,42 @@ class Runner:
                                                       self.deterministic))
         self.transfer = TransferStage(self.source, self.folder)
         self.runs: list[dict] = []
-        if self.world.is_main:  # rank 0 takes the lock; another rank would find it taken
-            OutputLock(self.out_dir).check()  # refuse a folder another run is writing before reading its results
-        self.finished: list[dict] = self.check_resume() if resume else []
-        if not resume and (self.out_dir / "results.json").exists() and not overwrite:
-            raise RtkError(EXISTING.format(self.out_dir))
+        if self.world.is_main and not sources_only:  # rank 0 takes the lock; another rank would find it taken
+            # refuse a folder another run is writing before reading its results
+            OutputLock(self.out_dir, shared=self.sharded).check()
+        self.finished: list[dict] = []
+        self.done: set[int] = set()
+        if self.sharded:
+            self.done = self.check_shard()
+        elif not sources_only:
+            self.check_unsharded()
+            self.finished = self.check_resume() if resume else []
+            if not resume and (self.out_dir / "results.json").exists() and not overwrite:
+                raise RtkError(EXISTING.format(self.out_dir))
         distributed.barrier()  # every rank has read --out before rank 0 can write to it
+
+    def check_unsharded(self) -> None:
+        """An unsharded run does not mix its results with a sharded run's points."""
+        if shards.is_sharded(self.out_dir) and not self.overwrite:
+            raise RtkError(f"{self.out_dir} holds the points of a sharded run (`rtk status {self.out_dir}`); continue"
+                           " it with --shard I/N --resume, gather it with `rtk collect`, pass --overwrite to replace"
+                           " it, or choose another --out")
+
+    def check_shard(self) -> set[int]:
+        """The points of this shard that are done already (skipped when resuming); refuses a folder
+        with an unsharded run's results, another recipe, or done points without --resume."""
+        out = self.out_dir
+        if (out / "results.json").exists() and not shards.is_sharded(out) and not self.overwrite:
+            raise RtkError(f"{out} holds the results of an unsharded run; continue it without --shard, pass"
+                           " --overwrite to replace it, or choose another --out")
+        self.check_same_recipe("run this shard")
+        done = [i for i in self.selected if self.folder.point_result(i).is_file()]
+        if done and not (self.resume or self.overwrite):
+            them = "them" if len(done) > 1 else "it"
+            raise RtkError(f"{out}: point{'s' * (len(done) > 1)} {shards.ranges(done)} of this shard done already;"
+                           f" pass --resume to skip {them} and go on, --overwrite to run {them} again, or choose"
+                           " another --out")
+        return set(done) if self.resume else set()
 
     def output_folder(self, out_dir: Path | None, resume: bool, overwrite: bool) -> Path:
         name = self.specs[0].run.name
@@ -150,8 +195,8 @@ class Runner:
                            " --out")
         return runs
 
-    def check_same_recipe(self) -> None:
-        """Refuse to resume a run folder whose recipe.resolved.toml differs from this recipe."""
+    def check_same_recipe(self, action: str = "resume") -> None:
+        """Refuse to resume (or ``action``) a run folder whose recipe.resolved.toml differs from this recipe."""
         import tomllib
 
         import tomli_w
@@ -162,11 +207,12 @@ class Runner:
         try:
             saved = tomllib.loads(resolved.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise RtkError(f"cannot resume: {resolved} is unreadable ({exc})") from None
+            raise RtkError(f"cannot {action}: {resolved} is unreadable ({exc})") from None
         where = first_difference(saved, tomllib.loads(tomli_w.dumps(self.recipe.raw)))
         if where:
-            raise RtkError(f"cannot resume: {self.out_dir} holds a different recipe ({where} differs from its"
-                           " recipe.resolved.toml); resume with the same recipe, --set and --profile, or choose"
+            again = "run every shard" if action != "resume" else "resume"
+            raise RtkError(f"cannot {action}: {self.out_dir} holds a different recipe ({where} differs from its"
+                           f" recipe.resolved.toml); {again} with the same recipe, --set and --profile, or choose"
                            " another --out")
 
     def context(self, spec: RunSpec, index: int = 0) -> RunContext:
@@ -218,9 +264,9 @@ class Runner:
     def prepare(self) -> None:
         """Load every dataset before anything is written, so missing data fails with an empty --out
         (not the source data of a source that the store already holds)."""
-        for spec in self.specs:
+        for spec in (self.specs[i] for i in self.selected):
             stored = spec.source.trained and self.store.get(source_key(spec.source)) is not None
-            for data in (None if stored else spec.source.data, spec.target):
+            for data in (None if stored else spec.source.data, None if self.sources_only else spec.target):
                 if data is not None:
                     self.datasets.get(data)
 
@@ -250,6 +296,9 @@ class Runner:
         """What will happen to each source, and the runs that follow (rtk.stages.plan)."""
         from rtk.stages.plan import plan
 
+        if self.sharded or self.sources_only:
+            return shards.share_plan(self.specs, self.selected, self.store, self.datasets, self.sources_only,
+                                     f"shard {self.shard[0]}/{self.shard[1]}" if self.shard else "")
         return plan(self.specs, self.store, self.datasets)
 
     def _run(self) -> dict:
@@ -257,12 +306,106 @@ class Runner:
         if self.world.is_main and self.console is not None:
             for line in self.plan():
                 self.console.print(f"plan: {escape(line)}", highlight=False, soft_wrap=True)
+        if self.sources_only:
+            return self._run_sources()
+        if self.sharded:
+            return self._run_shard()
         lock = OutputLock(self.out_dir) if self.world.is_main else contextlib.nullcontext()
         with lock:  # taken after prepare(), so a run whose data fails leaves no folder
             if not (self.resume or self.overwrite) and (self.out_dir / "results.json").exists():
                 raise RtkError(EXISTING.format(self.out_dir))  # a run that finished meanwhile
+            if self.overwrite and self.world.is_main and shards.is_sharded(self.out_dir):
+                import shutil
+
+                shutil.rmtree(self.folder.sweep_file.parent)  # a sharded run's points, replaced by this run
             distributed.barrier()  # no rank checks results.json after rank 0 wrote it
             return self._run_points()
+
+    def _run_shard(self) -> dict:
+        """This shard's points, each under its lock into points/<i>.json; results.json when every
+        point of the sweep is done."""
+        main, name = self.world.is_main, f"{self.shard[0]}/{self.shard[1]}"
+        with contextlib.ExitStack() as held:
+            if main:  # the folder shared with the other shards, this shard alone
+                held.enter_context(OutputLock(self.out_dir, shared=True))
+                held.enter_context(ShardLock(self.out_dir, *self.shard))
+                self.write_shard_header()
+            distributed.barrier()
+            for index in self.selected:
+                if index in self.done:
+                    continue
+                spec = self.specs[index]
+                with PointLock(self.out_dir, index, spec.id, name) if main else contextlib.nullcontext():
+                    self.context(spec).console.print(f"[bold]run {index + 1}/{len(self.specs)}[/bold] (shard {name}):"
+                                                     f" {spec.id}")
+                    if main:
+                        self.folder.point_error(index).unlink(missing_ok=True)
+                    try:
+                        run = self.run_point(index, spec)
+                    except Exception as exc:
+                        if main:
+                            shards.record_failure(self.out_dir, index, exc, name)
+                        raise
+                    if main:
+                        shards.write_point(self.out_dir, index, run)
+                        self.folder.finish_run(index)
+            if not main:
+                return self.payload(complete=False)
+            if all(self.folder.point_result(i).is_file() for i in range(len(self.specs))):
+                payload = shards.collect_payload(self.out_dir)  # the last shard to finish gathers them
+                shards.write_collected(self.out_dir, payload, self.console)
+                self.runs, self.collected = payload["runs"], True
+                return payload
+        self.runs = [run for i in self.selected if (run := shards.read_point(self.out_dir, i)) is not None]
+        return self.payload(complete=False)
+
+    def write_shard_header(self) -> None:
+        """recipe.resolved.toml, env.json and points/sweep.json, by the first shard (the others
+        check that their recipe is the same)."""
+        with header_lock(self.out_dir):
+            if (self.out_dir / "recipe.resolved.toml").is_file():
+                self.check_same_recipe("run this shard")
+            else:
+                self.write_header(self.context(self.specs[0]))
+            if self.overwrite:  # results of the points run again would be stale
+                for name in ("results.json", "results.csv"):
+                    (self.out_dir / name).unlink(missing_ok=True)
+            if not self.folder.sweep_file.is_file():
+                shards.write_sweep(self.out_dir, self.payload(complete=False), [spec.id for spec in self.specs])
+
+    def _run_sources(self) -> dict:
+        """Only the selected points' sources: each one the store lacks trained or imported into it."""
+        from rtk.stages.source import group_of
+
+        groups = [group_of(spec) for spec in self.specs]
+        order = list(dict.fromkeys(groups))
+        existed = self.out_dir.exists()
+        for group in dict.fromkeys(groups[i] for i in self.selected):
+            k = order.index(group)
+            spec = self.specs[groups.index(group)]
+            line = self.ensure_source(spec, self.context(spec), k)
+            self.source_lines.append(f"source {k + 1}/{len(order)}: {line}")
+        if self.world.is_main:
+            self.folder.tidy()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    self.out_dir.rmdir()  # made for training state alone, now gone
+        return self.payload(complete=False)
+
+    def ensure_source(self, spec: RunSpec, ctx: RunContext, k: int) -> str:
+        """Put ``spec``'s source into the store unless it is there; what happened, in words."""
+        source = spec.source
+        if source.imported is not None:
+            _, info = self.source.imported(spec, ctx)
+            return f"{info['key']} in the store {info['store']}"
+        if not source.trained:
+            return "a weights file or untrained: nothing to store"
+        key = source_key(source)
+        entry = self.store.get(key)
+        if entry is None:
+            _, info = self.source.train_once(spec, ctx, k, key)
+            return f"{key} trained{' by another run meanwhile' if info.get('made_by') else ''}, in {self.store.root}"
+        return f"{key} in the store already ({entry.path})"
 
     def _run_points(self) -> dict:
         self.runs = list(self.finished)
@@ -291,17 +434,18 @@ class Runner:
 
     def report(self, console) -> None:
         """The results table, then every flag of every run on its own line, then where results are
-        (rank 0 only under torchrun)."""
+        (rank 0 only under torchrun). A shard that did not gather the sweep says where its points
+        are; a --sources-only run, what happened to each source."""
         if not self.world.is_main:
             return
-        console.print(self.table())
-        for line in reused_sources(self.runs):
-            console.print(escape(line), highlight=False, soft_wrap=True)
-        for run in self.runs:
-            for flag in run.get("flags", []):
-                where = f"{run['id']}: " if len(self.runs) > 1 else ""
-                attack = f" ({flag['attack']})" if flag.get("attack") else ""
-                console.print(f"[yellow]flag[/yellow] {escape(where)}[bold]{escape(str(flag.get('name', '?')))}[/bold]"
-                              f"{escape(attack)}: {escape(str(flag.get('message', '')))}", highlight=False,
-                              soft_wrap=True)
-        console.print(f"results: {self.out_dir / 'results.json'}")
+        if self.sources_only:
+            for line in self.source_lines:
+                console.print(escape(line), highlight=False, soft_wrap=True)
+            return
+        last = f"results: {self.out_dir / 'results.json'}"
+        if self.sharded and not self.collected:
+            done = sum(self.folder.point_result(i).is_file() for i in range(len(self.specs)))
+            last = (f"points: {self.folder.sweep_file.parent} ({done} of {len(self.specs)} done; `rtk status"
+                    f" {self.out_dir}`, then `rtk collect {self.out_dir}` once every point is done)")
+        shards.print_report(console, self.runs, self.table().title, last)
+

@@ -55,12 +55,13 @@ def test_a_chain_of_mini_recipes_trains_its_source_once(cli, tmp_path, monkeypat
 
 
 def locked(path) -> bool:
-    """Whether another process holds the flock on ``path``."""
+    """Whether another process holds the (POSIX, lockf) lock on ``path``."""
     if not path.is_file():
         return False
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
     except OSError as exc:
         return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
     finally:
