@@ -211,3 +211,25 @@ def test_a_failed_job_is_reported_with_its_log_and_its_dependents_skipped(tmp_pa
     assert log.is_file() and "missing.toml" in log.read_text()
     assert "collect: skipped (needs point-0, point-1)" in text
     assert "1 job failed (point-0), 1 skipped" in text
+
+
+def test_a_shipped_recipes_smoke_profile_through_the_launcher_and_through_shards(tmp_path):
+    """recipes/quickstart.toml --profile smoke (a sweep over two trained sources): --launcher local,
+    and 2 shards started together then `rtk collect`, each give a plain run's results.json."""
+    recipe = REPO / "recipes" / "quickstart.toml"
+    smoke = ("--profile", "smoke", "--quiet")
+    plain = rtk("run", recipe, *smoke, "--out", tmp_path / "plain", env=environment(RTK_HOME=str(tmp_path / "h1")))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    launched = rtk("run", recipe, "--profile", "smoke", "--out", tmp_path / "launched", "--launcher", "local",
+                   "--cpus", "1", env=environment(RTK_HOME=str(tmp_path / "h2")))
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert comparable(tmp_path / "launched") == comparable(tmp_path / "plain")
+    env = environment(RTK_HOME=str(tmp_path / "h3"))
+    shards = [subprocess.Popen([sys.executable, "-m", "rtk", "run", str(recipe), *smoke, "--out", str(tmp_path / "sh"),
+                                "--shard", f"{k}/2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    outputs = [s.communicate(timeout=600) for s in shards]
+    assert [s.returncode for s in shards] == [0, 0], outputs
+    collected = rtk("collect", tmp_path / "sh", env=env)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    assert comparable(tmp_path / "sh") == comparable(tmp_path / "plain")
