@@ -227,6 +227,27 @@ def safe_load(path: Path, allow: tuple = (), what: str = "checkpoint") -> Any:
                            " saved web page: download it again") from None
 
 
+def mismatches(own: dict, state: dict, origin: dict, spell=str, name_model_keys: bool = False) -> list[str]:
+    """What keeps ``state`` (in the model's key layout) from loading strictly into a model whose state
+    dict is ``own``: shape mismatches, then missing, then unexpected keys, each named as the
+    checkpoint spells them (``origin``: model key -> the checkpoint's key; ``spell``: the same for
+    the model's keys the checkpoint lacks). Empty when it loads."""
+    from rtk.models import _describe_keys
+
+    missing = [spell(k) for k in own if k not in state]
+    unexpected = [origin.get(k, k) for k in state if k not in own]
+    shapes = [f"{origin.get(k, k)} {tuple(state[k].shape)} vs model {f'{k} ' if name_model_keys else ''}"
+              f"{tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if shapes:
+        problems.append(f"shape mismatch: {_describe_keys(shapes)}")
+    if missing:
+        problems.append(f"missing from the checkpoint: {_describe_keys(missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {_describe_keys(unexpected)}")
+    return problems
+
+
 def strip_prefix(state: dict, prefix: str) -> dict:
     """The entries of ``state`` under ``prefix``, without it."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rtk.errors import RecipeError, RtkError, WeightsError
-from rtk.importing import Importer, safe_load
+from rtk.importing import Importer, mismatches, safe_load
 from rtk.models import Normalize, RtkModel
 
 
@@ -44,18 +44,7 @@ def load_strict(model: nn.Module, state: dict, origin: dict, what: str, spell: C
     those, with matching shapes; else one WeightsError naming the offending keys as the checkpoint
     spells them (``origin``: model key -> the checkpoint's key; ``spell``: the same for the model's
     keys the checkpoint lacks)."""
-    own = model.state_dict()
-    missing = [spell(k) for k in own if k not in state]
-    unexpected = [origin.get(k, k) for k in state if k not in own]
-    shapes = [f"{origin.get(k, k)} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatch: {_names(shapes)}")
-    if missing:
-        problems.append(f"missing from the checkpoint: {_names(missing)}")
-    if unexpected:
-        problems.append(f"not in the model: {_names(unexpected)}")
+    problems = mismatches(model.state_dict(), state, origin, spell)
     if problems:
         raise WeightsError(f"{what} does not match the model: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)

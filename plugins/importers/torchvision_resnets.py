@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rtk.errors import WeightsError
-from rtk.importing import Importer, safe_load
+from rtk.importing import Importer, mismatches, safe_load
 from rtk.models import Normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,23 +129,14 @@ def load_network(model: nn.Module, net: Network, what: str, keep_head: bool = Tr
 
 
 def _load_strict(model: nn.Module, own: dict, state: dict, origin: dict, what: str, net: Network) -> None:
-    missing = [k for k in own if k not in state]
-    unexpected = [origin.get(k, k) for k in state if k not in own]
-    shapes = [f"{origin.get(k, k)} {tuple(state[k].shape)} vs model {k} {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatch: {_names(shapes)}")
-    if missing:
-        problems.append(f"missing from the checkpoint: {_names(missing)}")
-    if unexpected:
-        problems.append(f"not in the model: {_names(unexpected)}")
+    problems = mismatches(own, state, origin, name_model_keys=True)
     if problems:
         hint = ""
         built = getattr(getattr(getattr(model, "body", None), "model", None), "pretrained_cfg", None) or {}
         if net.arch and net.arch != built.get("architecture"):
             hint = f'the checkpoint\'s arch is {net.arch}: [source] model = "timm/{net.arch}"'
         rows, weight = net.head_rows, own.get("head.weight")
+        shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
         if (rows is not None and weight is not None and "head.weight" in state and rows != weight.shape[0]
                 and len(shapes) == (2 if "head.bias" in state and "head.bias" in own else 1)):
             hint = (f"the checkpoint's head has {rows} classes, the model's {weight.shape[0]}: leave [source]"
