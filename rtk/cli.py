@@ -147,16 +147,25 @@ def cli(debug):
 @click.option("--launcher-config", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Job resources (the keys of the options above) when not given as options; default"
                    " $RTK_LAUNCHER_CONFIG, else ~/.config/rtk/launcher.toml.")
+@click.option("--seeds", metavar="S1,S2,...",
+              help="Repeat every sweep point with each seed (sources trained here too), e.g. --seeds 0,1,2: the table"
+                   " gives mean ± std and 95% intervals (as [run] seeds).")
+@click.option("--tracker", "trackers", multiple=True, metavar="NAME",
+              help="Also log to this tracker: tensorboard, mlflow, wandb (repeatable; as [run] trackers; rtk"
+                   " list-plugins --kind tracker).")
 @handle_errors
 def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic, dry_run, store_dir, download,
         shard, sources_only, source_share, launcher, partition, gpus, cpus, time_limit, account, sbatch,
-        launcher_config):
+        launcher_config, seeds, trackers):
     """Run RECIPE: take each source from the store (training it there first when missing) or its
     weights file, transfer, evaluate, certify; write results to --out."""
-    from rtk.config.recipe import load_recipe
+    from rtk.api.recipes import load_recipe, prepare
     from rtk.services.shards import parse_share
     from rtk.services.store import SourceStore
 
+    overrides = list(overrides)
+    if seeds is not None:
+        overrides.append(f"run.seeds=[{', '.join(str(s) for s in parse_seeds(seeds))}]")
     if resume and out is None:
         fail("--resume needs --out DIR, the folder of the interrupted run")
     shard = parse_share(shard, "--shard") if shard is not None else None
@@ -167,9 +176,12 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
                  "sbatch": sbatch}
     if launcher is None and (launcher_config or any(v not in (None, ()) for v in resources.values())):
         fail("--partition, --gpus, --cpus, --time, --account, --sbatch and --launcher-config go with --launcher")
+    if launcher is not None and trackers:
+        fail("--tracker does not go with --launcher: name the trackers in the recipe's [run] trackers (or --set"
+             ' run.trackers=["mlflow"]), which every job reads')
     if launcher is not None and (shard or sources_only or source_share):
         fail("--launcher makes the --shard and --sources-only jobs itself; give neither")
-    loaded = load_recipe(recipe, profile, list(overrides))
+    loaded = load_recipe(recipe, overrides, profile, validate=False)
     if launcher is not None:  # the job graph through submitit (rtk.launch); the same command resumes it
         from rtk.launch import launch
 
@@ -196,11 +208,9 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
         for line in lines:
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
         return
-    from rtk.stages.runner import Runner
-
-    runner = Runner(loaded, registry(), out, show_progress=not quiet, console=err_console, overwrite=overwrite,
-                    resume=resume, deterministic=deterministic, store=SourceStore(store_dir), download=download,
-                    shard=shard, sources_only=sources_only, source=source_share)
+    runner = prepare(loaded, out, trackers=trackers, store=store_dir, resume=resume, overwrite=overwrite,
+                     deterministic=deterministic, download=download, shard=shard, sources_only=sources_only,
+                     source=source_share, progress=not quiet, console=err_console, registry=registry())
     if runner.world.is_main:  # under torchrun only rank 0 speaks
         profiled = f" (profile {profile})" if profile else ""
         what = f"{len(runner.specs)} run(s)"
@@ -211,6 +221,18 @@ def run(recipe, overrides, profile, out, overwrite, resume, quiet, deterministic
         err_console.print(f"rtk: {what} of {recipe}{profiled} -> {runner.out_dir}")
     runner.run()
     runner.report(console)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds 0,1,2 (or 0-4, a range) as a list of seeds."""
+    seeds = []
+    for part in (p.strip() for p in text.split(",")):
+        low, dash, high = part.partition("-")
+        if low.isdigit() and (not dash or high.isdigit()) and (not dash or int(high) >= int(low)):
+            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+        else:
+            fail(f'--seeds "{text}": expected seeds separated by commas, e.g. --seeds 0,1,2 (or a range, 0-4)')
+    return seeds
 
 
 def dry_run_share(specs, store, datasets, shard, sources_only, source_share, download) -> list[str]:
@@ -295,10 +317,22 @@ def validate(recipe, overrides, profile):
               help="Swept key on the x-axis (default: the swept key with numeric values), e.g. transfer.lambda_d.")
 @click.option("--metric", "metrics", multiple=True, metavar="M",
               help="Metric to draw (repeatable; default: clean, every attack label, robust).")
-@click.option("--out", type=click.Path(path_type=Path), help="PNG file to write (default RUN_DIR/plot.png).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="PNG file to write (default RUN_DIR/plot.png, with --curves RUN_DIR/curves.png).")
+@click.option("--curves", is_flag=True,
+              help="Draw the training curves of RUN_DIR/metrics.jsonl instead: loss, learning rate, clean and"
+                   " validation robust accuracy, throughput per epoch, one line per training.")
 @handle_errors
-def plot(run_dir, x_key, metrics, out):
-    """Plot RUN_DIR/results.json: each metric against the swept parameter, paper numbers as hollow markers."""
+def plot(run_dir, x_key, metrics, out, curves):
+    """Plot RUN_DIR/results.json: each metric against the swept parameter (categories as grouped bars,
+    seeds as error bars), paper numbers as hollow markers; or, with --curves, the training curves."""
+    if curves:
+        if x_key or metrics:
+            fail("--x and --metric go with the results plot, not --curves")
+        from rtk.services.curves import plot_curves
+
+        console.print(f"curves: {plot_curves(run_dir, out)}")
+        return
     from rtk.services.plots import plot as draw
 
     console.print(f"plot: {draw(run_dir, x_key, list(metrics), out)}")
@@ -306,7 +340,7 @@ def plot(run_dir, x_key, metrics, out):
 
 @cli.command("list-plugins")
 @click.option("--kind", type=click.Choice(["model", "dataset", "attack", "objective", "strategy", "certifier",
-                                          "importer"]),
+                                          "importer", "tracker"]),
               help="Only components of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--options", "options_of", metavar="NAME",
@@ -324,8 +358,10 @@ def list_plugins(kind, as_json, options_of):
 
 def _add_store_commands() -> None:
     from rtk.collect_command import collect, status
+    from rtk.compare_command import compare
     from rtk.store_command import sources
 
+    cli.add_command(compare)
     cli.add_command(sources)
     cli.add_command(collect)
     cli.add_command(status)

@@ -28,7 +28,8 @@ def collect(out):
 
     console, err_console = consoles()
     payload = gather(out, console=err_console)
-    print_report(console, payload["runs"], str(payload.get("recipe")), f"results: {Path(out) / 'results.json'}")
+    print_report(console, payload["runs"], str(payload.get("recipe")), f"results: {Path(out) / 'results.json'}",
+                 Path(out))
 
 
 @click.command()

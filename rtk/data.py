@@ -1,12 +1,19 @@
 """Datasets in rtk: images in [0, 1] with integer labels, split into train / val / test.
 
 Dataset plugins return :class:`DataSplits`; the options every dataset shares (class subsets,
-label remapping, N examples per class, a held-out validation split) live in
-:class:`DatasetConfig`, which every dataset config subclasses, and rtk applies them in
-:func:`apply_options` so that they mean the same thing for every dataset.
+label remapping, N examples per class, a held-out validation split, the image size and the
+number of channels) live in :class:`DatasetConfig`, which every dataset config subclasses, and
+rtk applies them in :func:`apply_options` so that they mean the same thing for every dataset.
+
+``image_size`` and ``channels`` are applied as images are read (:func:`convert_images`), never
+to a whole dataset at once: an in-memory set keeps its stored (uint8) images and converts each
+batch with one interpolate call, so MNIST at 224 px, 3 channels, costs the memory of MNIST
+(converted whole, its 60,000 training images would take 36 GB as float32); a file-backed set
+converts each image after its plugin's own transform.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -15,36 +22,78 @@ import torch
 from rtk.config.schema import DatasetConfig  # noqa: F401  (re-exported: plugins subclass it)
 from rtk.errors import DataError
 
+# ITU-R 601-2 luma, the weights of PIL's convert("L"); they sum to 1, so [0, 1] stays [0, 1].
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def check_view(size: int | None, channels: int | None) -> None:
+    """A DataError unless ``size`` is unset or positive and ``channels`` unset, 1 or 3."""
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise DataError(f"channels = {channels!r} is not supported: set channels = 1 (grayscale) or 3 (RGB), or leave"
+                        " it unset to keep the stored channels")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DataError(f"image_size = {size!r} is not a positive integer: set e.g. image_size = 32, or leave it unset"
+                        " to keep the stored size")
+
+
+def check_convertible(stored: int, channels: int | None) -> None:
+    """A DataError unless images with ``stored`` channels can be given ``channels`` (1 <-> 3 only)."""
+    if channels is not None and channels != stored and stored not in (1, 3):
+        raise DataError(f"cannot turn {stored}-channel images into {channels} channels: rtk converts between 1"
+                        " (grayscale) and 3 (RGB) only; leave channels unset")
+
+
+def convert_images(images: torch.Tensor, size: int | None = None, channels: int | None = None) -> torch.Tensor:
+    """Float images in [0, 1], (C, H, W) or (N, C, H, W), resized to ``size`` x ``size`` (bilinear,
+    antialiased when shrinking) and given ``channels`` channels: 1 -> 3 repeats the grey channel, 3 -> 1
+    takes the ITU-R 601-2 luma (LUMA_WEIGHTS, as PIL's "L", without its rounding to 8 bits). None keeps
+    the stored size or channels; images already as asked come back unchanged."""
+    if size is None and channels is None:
+        return images
+    check_view(size, channels)
+    batch = images if images.ndim == 4 else images.unsqueeze(0)
+    stored = batch.shape[1]
+    check_convertible(stored, channels)
+    if channels == 1 and stored == 3:  # before resizing: one channel to interpolate instead of three
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+        batch = (batch * weights).sum(1, keepdim=True).clamp_(0.0, 1.0)
+    if size is not None and tuple(batch.shape[-2:]) != (size, size):
+        batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=size < min(batch.shape[-2:])).clamp_(0.0, 1.0)
+    if channels == 3 and stored == 1:  # after resizing, for the same reason; a copy, so in-place edits stay safe
+        batch = batch.repeat(1, 3, 1, 1)
+    return batch if images.ndim == 4 else batch[0]
+
 
 class ImageSet(torch.utils.data.Dataset):
     """Images held in memory: uint8 (scaled by 1/255 on access) or float in [0, 1], shape (N, C, H, W).
 
-    ``size`` resizes each image to size x size (bilinear) as it is read, so that attacks and
-    smoothing noise act at that resolution (the study's 224-px CIFAR) while memory holds the
-    small originals; None keeps them as stored."""
+    ``size`` and ``channels`` convert images as they are read (:func:`convert_images`, a whole
+    batch at once in :meth:`take`), so attacks and smoothing noise act at that resolution (the
+    study's 224-px CIFAR) while memory holds the small originals; None keeps them as stored."""
 
     size: int | None = None  # also for subclasses that hold other tensors (cached features)
+    channels: int | None = None
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int | None = None,
+                 channels: int | None = None):
         if images.ndim != 4:
             raise DataError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
+        check_view(size, channels)
+        check_convertible(images.shape[1], channels)
         self.images = images
         self.labels = labels.long()
         self.size = size
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.size is None or tuple(x.shape[-2:]) == (self.size, self.size):
-            return x
-        batch = x if x.ndim == 4 else x.unsqueeze(0)
-        resized = torch.nn.functional.interpolate(batch, size=(self.size, self.size), mode="bilinear",
-                                                  align_corners=False, antialias=self.size < min(x.shape[-2:]))
-        return resized.clamp_(0.0, 1.0) if x.ndim == 4 else resized[0].clamp_(0.0, 1.0)
+        return convert_images(x, self.size, self.channels)
 
     def __getitem__(self, i):
         return self._to_float(self.images[i]), int(self.labels[i])
@@ -54,35 +103,59 @@ class ImageSet(torch.utils.data.Dataset):
         return self._to_float(self.images[indices]), self.labels[indices]
 
     def subset(self, indices: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[indices], self.labels[indices], self.size)
+        return ImageSet(self.images[indices], self.labels[indices], self.size, self.channels)
 
     def relabel(self, labels: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images, labels, self.size)
+        return ImageSet(self.images, labels, self.size, self.channels)
+
+    def viewed(self, size: int | None = None, channels: int | None = None) -> "ImageSet":
+        """The same stored images read at ``size`` / with ``channels`` (None: as this set reads them)."""
+        return ImageSet(self.images, self.labels, self.size if size is None else size,
+                        self.channels if channels is None else channels)
 
 
 class FileImageSet(torch.utils.data.Dataset):
-    """A file-backed dataset (ImageFolder, Food-101, ...): ``base[i]`` gives (tensor in [0,1], label)."""
+    """A file-backed dataset (ImageFolder, Food-101, ...): ``base[i]`` gives (tensor in [0,1], label).
 
-    def __init__(self, base, labels: torch.Tensor, indices: torch.Tensor | None = None):
+    ``size`` and ``channels`` convert each image after ``base`` has read it (:func:`convert_images`),
+    in the DataLoader's workers when there are any. Subclasses keep their own attributes through
+    :meth:`subset`, :meth:`relabel` and :meth:`viewed` (each is a shallow copy)."""
+
+    def __init__(self, base, labels: torch.Tensor, indices: torch.Tensor | None = None, *, size: int | None = None,
+                 channels: int | None = None):
+        check_view(size, channels)
         self.base = base
         self.labels = labels.long()
         self.indices = torch.arange(len(labels)) if indices is None else indices
+        self.size = size
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
         image, _ = self.base[int(self.indices[i])]
-        return image, int(self.labels[i])
+        return convert_images(image, self.size, self.channels), int(self.labels[i])
 
     def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([self[int(i)][0] for i in indices]), self.labels[indices]
 
+    def _copy(self, **changes) -> "FileImageSet":
+        twin = copy.copy(self)
+        twin.__dict__.update(changes)
+        return twin
+
     def subset(self, indices: torch.Tensor) -> "FileImageSet":
-        return FileImageSet(self.base, self.labels[indices], self.indices[indices])
+        return self._copy(labels=self.labels[indices], indices=self.indices[indices])
 
     def relabel(self, labels: torch.Tensor) -> "FileImageSet":
-        return FileImageSet(self.base, labels, self.indices)
+        return self._copy(labels=labels.long())
+
+    def viewed(self, size: int | None = None, channels: int | None = None) -> "FileImageSet":
+        """The same files read at ``size`` / with ``channels`` (None: as this set reads them)."""
+        check_view(size, channels)
+        return self._copy(size=self.size if size is None else size,
+                          channels=self.channels if channels is None else channels)
 
 
 @dataclass
@@ -170,10 +243,26 @@ def _keep_classes(split, classes: list[int], remap: bool):
     return subset
 
 
+def _viewed(split, cfg: DatasetConfig, dataset: str):
+    """``split`` read at the config's image_size / channels (unchanged when both are unset); a dataset
+    whose config ``resizes_itself`` already produced image_size, so only channels is applied."""
+    size, channels = getattr(cfg, "image_size", None), getattr(cfg, "channels", None)
+    if getattr(cfg, "resizes_itself", False):
+        size = None
+    if split is None or (size is None and channels is None):
+        return split
+    if not hasattr(split, "viewed"):
+        raise DataError(f"{dataset or 'this dataset'} returns a {type(split).__name__}, which cannot be resized or"
+                        " converted: leave image_size and channels unset, or return an rtk.data.ImageSet or"
+                        " FileImageSet")
+    return split.viewed(size, channels)
+
+
 def apply_options(splits: DataSplits, cfg: DatasetConfig) -> DataSplits:
-    """Apply the shared dataset options (classes, remap, per_class, val_fraction) to ``splits``."""
+    """Apply the shared dataset options (classes, remap, per_class, val_fraction, image_size,
+    channels) to ``splits``."""
     num_classes, names = splits.num_classes, splits.class_names
-    train, test, val = splits.train, splits.test, splits.val
+    train, test, val = (_viewed(s, cfg, splits.name) for s in (splits.train, splits.test, splits.val))
     if cfg.classes is not None:
         bad = [c for c in cfg.classes if not 0 <= c < num_classes]
         if bad or not cfg.classes:

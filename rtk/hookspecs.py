@@ -105,5 +105,16 @@ def register_importers(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Register experiment trackers (``rtk run --tracker NAME``, ``[run] trackers``).
+
+    factory(config, out_dir, run_name) -> rtk.tracking.Tracker (start, log_params, log_metrics,
+    log_results, log_artifact, finish; see rtk.tracking). Trait ``requires``: the module the
+    tracker imports (e.g. "mlflow") and ``extra``, the pip extra that installs it, so that a run
+    asking for a tracker whose library is missing stops before it starts, naming the install command.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``rtk`` click group: ``@cli.command() def mycmd(): ...``."""

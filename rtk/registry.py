@@ -20,6 +20,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "strategy": ("register_transfer_strategies", "transfer strategy"),
     "certifier": ("register_certifiers", "certifier"),
     "importer": ("register_importers", "checkpoint importer"),
+    "tracker": ("register_trackers", "tracker"),
 }
 
 
@@ -44,6 +45,8 @@ TRAITS: dict[str, dict[str, Any]] = {
     # Whether the strategy trains with [transfer.objective]; rtk validate rejects one it would ignore.
     "strategy": {"takes_objective": False},
     "certifier": {},
+    # The module a tracker imports and the pip extra of rtk that installs it (checked before a run starts).
+    "tracker": {"requires": None, "extra": None},
 }
 
 

@@ -116,9 +116,9 @@ def open_torchvision(dataset: str, layout: Layout, root: str | None, download: b
                        by_hand=by_hand, damaged=damaged) for split in splits]
 
 
-def to_image_set(images, labels, layout: str, dataset: str, size: int | None = None) -> ImageSet:
-    """An in-memory uint8 (N, C, H, W) ImageSet from arrays laid out as ``NHW``, ``NHWC`` or ``NCHW``,
-    resized to ``size`` as it is read (ImageSet's ``size``)."""
+def to_image_set(images, labels, layout: str, dataset: str) -> ImageSet:
+    """An in-memory uint8 (N, C, H, W) ImageSet from arrays laid out as ``NHW``, ``NHWC`` or ``NCHW``, as
+    stored (rtk.data.apply_options applies image_size and channels as batches are read)."""
     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     y = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
     if x.dtype != torch.uint8 or len(x) != len(y):
@@ -130,7 +130,7 @@ def to_image_set(images, labels, layout: str, dataset: str, size: int | None = N
         x = x.permute(0, 3, 1, 2)
     elif layout != "NCHW":
         raise ValueError(f"unknown layout {layout!r}")
-    return ImageSet(x.contiguous(), y.long(), size)
+    return ImageSet(x.contiguous(), y.long())
 
 
 def load_mnist(config) -> DataSplits:
@@ -155,7 +155,7 @@ def load_cifar(config, classes: int) -> DataSplits:
     train, test = open_torchvision(name, layout, config.root, config.download,
                                    lambda root, split: cls(root, train=split == "train", download=config.download),
                                    ("train", "test"))
-    splits = [to_image_set(split.data, split.targets, "NHWC", name, size=config.image_size) for split in (train, test)]
+    splits = [to_image_set(split.data, split.targets, "NHWC", name) for split in (train, test)]
     return DataSplits(*splits, num_classes=len(train.classes), class_names=list(train.classes), name=name)
 
 
@@ -212,7 +212,8 @@ def load_imagefolder(config) -> DataSplits:
             hint = ' (there is a "val" folder: set test_dir = "val")' if has_val else ""
             raise DataError(f"imagefolder: {root / sub} is not a folder{hint}; rtk expects {layout}; "
                             f"point root at the dataset or set {key}")
-    # Resize + center crop give every image the same shape, so batches stack.
+    # Resize + center crop give every image the same shape, so batches stack; the generic image_size resize of
+    # rtk.data.apply_options then finds them at that size already, and channels converts these RGB tensors.
     transform = transforms.Compose([transforms.Resize(config.image_size), transforms.CenterCrop(config.image_size),
                                     transforms.ToTensor()])
     opened = []

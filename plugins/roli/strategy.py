@@ -120,6 +120,7 @@ class BestEpochByValidation:
         self.names = list(names)
         self.best_score, self.best_epoch, self.best_state = 0.0, -1, None
         self.scores: list[float] = []
+        self.fit_name = "train"  # the fit's description, naming its curve in metrics.jsonl
 
     def __getattr__(self, name):  # setup, parameters, split, steps_per_batch, after_backward, ...
         if name == "objective":
@@ -146,6 +147,7 @@ class BestEpochByValidation:
         # Under torchrun every rank scores (its random starts differ); rank 0's score decides, so all keep one epoch.
         score = float(distributed.broadcast(torch.tensor([score], dtype=torch.float64), 0)[0])
         self.scores.append(score)
+        self.ctx.log_metrics({"kind": "validation", "fit": self.fit_name, "epoch": epoch + 1, "val_robust_acc": score})
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
             state = self.model.state_dict()
@@ -255,6 +257,7 @@ class RoLI(TransferStrategy):
         if select:
             selection = BestEpochByValidation(objective, model, data.val, ctx, self.config,
                                               _selected_names(model, params))
+            selection.fit_name = description
             objective = selection
         GroupedTraining(model, data.train, objective, stage, ctx, params=params, set_mode=set_mode,
                         description=description).run()

@@ -15,6 +15,11 @@ strategy that caches features reads the training images through the test transfo
 ``unaugmented`` view). Files are read from ``root`` (else $RTK_DATA, else $RTK_HOME/data); nothing
 is downloaded unless ``download = true`` (``rtk run --download`` sets it).
 
+The shared ``image_size`` and ``channels`` options (rtk.config.schema.DatasetConfig) mean what they
+mean for every dataset, except that ``image_size`` keeps the study's default, 224, and is reached by
+the crops above, never by stretching the whole image; ``channels`` (unset: RGB, grayscale files
+converted to RGB as the study does) converts each image after its transform (rtk.data.convert_images).
+
 Splits (Kornblith et al. Table A1; the study follows them):
 - official train/test where the dataset has one: Food-101 train/test; Stanford Cars train/test;
   FGVC-Aircraft trainval/test (variant level, 100 classes); DTD train+val/test of partition 1;
@@ -35,8 +40,9 @@ from rtk.config import DatasetConfig, option
 
 _ROOT_HELP = "data root holding {layout} (default: $RTK_DATA, else the source store's data/ folder, $RTK_HOME/data)"
 _DOWNLOAD_HELP = "let torchvision fetch the files into root when missing (needs network access; never done unless set)"
-_SIZE_HELP = ("side of the square images: the training crop (RandomResizedCrop) and the test center crop (the model"
-              " may resize again)")
+_SIZE_HELP = ("side of the square images, reached as the study does rather than by stretching: the training crop"
+              " (RandomResizedCrop) and the test center crop after resizing the short side to resize (the model may"
+              " resize again; it cannot be unset)")
 _RESIZE_HELP = ("test images (and the un-augmented view of the training images): resize the short side to this many"
                 " pixels, then center-crop image_size (the study: Resize(256) + CenterCrop(224); resize = image_size"
                 " keeps the whole short side)")
@@ -51,9 +57,10 @@ class StudyImageConfig(DatasetConfig):
     """Options of a file-backed torchvision dataset of the study, with its transforms
     (Ethos-lab/transfer_learning_for_adversarial_robustness, certified/transfer_datasets.py). Defaults:
     root = $RTK_DATA, download = false, image_size = 224, resize = 256, train_transform =
-    "random-resized-crop-flip"."""
+    "random-resized-crop-flip", channels unset (3, RGB)."""
 
     dataset: ClassVar[str]  # the registered name, by which rtk_plugins.study_datasets.torchvision_data reads the files
+    resizes_itself: ClassVar[bool] = True  # the study's transforms crop to image_size (rtk.config.schema.DatasetConfig)
 
     root: str | None = option(None, path=True, key=False,
                               help=_ROOT_HELP.format(layout="the dataset's folder (see the dataset's description)"))

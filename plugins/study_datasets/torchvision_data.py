@@ -86,22 +86,17 @@ class LazyImages(torch.utils.data.Dataset):
 class AugmentedImages(FileImageSet):
     """A training split whose images are augmented each time they are read (the study's
     RandomResizedCrop + flip), with ``unaugmented``: the same images through the test transform, for
-    strategies that compute features once (rtk_plugins.transfer.heads). Subsets and relabellings keep both."""
+    strategies that compute features once (rtk_plugins.transfer.heads). Subsets, relabellings and
+    views (FileImageSet's shallow copies) keep both, and the view (image_size, channels) holds for both."""
 
     def __init__(self, base: LazyImages, labels: torch.Tensor, indices: torch.Tensor | None = None, *,
-                 plain: LazyImages):
-        super().__init__(base, labels, indices)
+                 plain: LazyImages, size: int | None = None, channels: int | None = None):
+        super().__init__(base, labels, indices, size=size, channels=channels)
         self.plain = plain
 
     @property
     def unaugmented(self) -> FileImageSet:
-        return FileImageSet(self.plain, self.labels, self.indices)
-
-    def subset(self, indices: torch.Tensor) -> "AugmentedImages":
-        return AugmentedImages(self.base, self.labels[indices], self.indices[indices], plain=self.plain)
-
-    def relabel(self, labels: torch.Tensor) -> "AugmentedImages":
-        return AugmentedImages(self.base, labels, self.indices, plain=self.plain)
+        return FileImageSet(self.plain, self.labels, self.indices, size=self.size, channels=self.channels)
 
 
 def labels_of(dataset) -> list[int]:
@@ -228,7 +223,7 @@ def for_training(split: FileImageSet, config) -> FileImageSet:
         return split
     plain = split.base
     return AugmentedImages(LazyImages(plain.base, plain.name, train_transform(config)), split.labels, split.indices,
-                           plain=plain)
+                           plain=plain, size=split.size, channels=split.channels)
 
 
 def per_class_split(name: str, labels: torch.Tensor, train_per_class: int, test_per_class: int | None,

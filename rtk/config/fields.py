@@ -17,11 +17,13 @@ MISSING = dataclasses.MISSING
 
 
 def option(default=MISSING, *, help: str = "", min=None, max=None, default_factory=MISSING, path: bool = False,
-           key: bool = True):
+           key: bool | str = True):
     """A config field with documentation, an optional range (inclusive), ``path=True`` for file or
     folder names (resolved relative to the recipe's folder), and ``key=False`` for options that do
     not change a trained source's weights (where data lives, downloads, checkpoint frequency), so
-    that they stay out of its store key (rtk.config.source_key)."""
+    that they stay out of its store key (rtk.config.source_key); ``key="if-set"`` for an option added
+    after sources were stored: it enters the key only when it differs from its default, so the keys
+    of the sources already in stores stay valid."""
     meta = {"help": help, "path": path, "key": key}
     if min is not None:
         meta["min"] = min

@@ -31,6 +31,8 @@ class SweepPoint:
     params: dict[str, Any]
     raw: dict
     cases: list[str] = field(default_factory=list)  # the ids of its [[sweep.cases]]
+    # With [run] seeds: the id of the point all its seeds share (its id without ",seed=N"); else None.
+    group: str | None = None
 
 
 @dataclass
@@ -243,6 +245,9 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
         else:
             split_key(key)
             axes[key] = [{key: value} for value in values]
+    seeds = _seeds(recipe, axes)
+    if seeds is not None:  # the innermost axis: a point's seeds sit side by side
+        axes[SEED_KEY] = [{SEED_KEY: seed} for seed in seeds]
     keys = list(axes)
     total = math.prod(len(axes[k]) for k in keys)
     if total > MAX_SWEEP_POINTS:
@@ -270,8 +275,29 @@ def expand_sweep(recipe: Recipe) -> list[SweepPoint]:
             ident = f"{ident}#{seen[ident]}"
         else:
             seen[ident] = 0
-        points.append(SweepPoint(ident, params, raw, cases))
+        group = (",".join(parts[:-1]) or str(name)) if seeds is not None else None
+        points.append(SweepPoint(ident, params, raw, cases, group))
     return points
+
+
+SEED_KEY = "run.seed"
+
+
+def _seeds(recipe: Recipe, axes: dict) -> list[int] | None:
+    """``[run] seeds`` (``--seeds``): the seeds every point repeats with, checked; None when unset."""
+    run_table = recipe.raw.get("run")
+    seeds = run_table.get("seeds") if isinstance(run_table, dict) else None
+    if seeds is None:
+        return None
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)):
+        raise recipe.error("run", f"seeds = {seeds!r}: expected a non-empty list of integers in 0..2147483647,"
+                                  " e.g. [0, 1, 2] (rtk run --seeds 0,1,2)")
+    if len(set(seeds)) != len(seeds):
+        raise recipe.error("run", f"seeds = {seeds!r}: a seed is repeated; list each once")
+    if SEED_KEY in axes:
+        raise recipe.error("sweep", f'"{SEED_KEY}" is swept and [run] seeds is set; keep one of them')
+    return seeds
 
 
 def _check_case(recipe: Recipe, index: int, case: Any) -> dict:

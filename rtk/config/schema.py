@@ -10,14 +10,20 @@ that listing plugins and validating recipes stay fast); each default is written 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rtk.config.fields import option
 
 
 @dataclass
 class DatasetConfig:
-    """Options shared by every dataset."""
+    """Options shared by every dataset, applied by rtk.data.apply_options to what the dataset returns. Defaults:
+    every class, remap = true, every training example, no validation split, seed = 0, and images at their stored
+    size and channels (image_size and channels unset)."""
+
+    # True where the factory brings images to image_size itself (a crop that keeps the aspect ratio, as
+    # imagefolder and the study's datasets do): rtk then applies only channels, never a second resize.
+    resizes_itself: ClassVar[bool] = False
 
     classes: list[int] | None = option(None, help="keep only these classes (original label ids), e.g. [5, 6, 7, 8, 9]")
     remap: bool = option(True, help=(
@@ -26,9 +32,16 @@ class DatasetConfig:
     per_class: int | None = option(None, min=1, help="keep N training examples per class (seeded): low-data regimes")
     val_fraction: float = option(0.0, min=0.0, max=0.9, help=(
         "hold out this fraction of the training set as a validation split (stratified, seeded)"))
-    seed: int = option(0, min=-2**63, max=2**64 - 1, help=(
+    seed: int = option(0, min=0, max=2**31 - 1, help=(
         "seed of the per_class and validation draws (independent of the run seed, so every run sees the same subset)"))
-
+    # Added after sources were stored: in the key only when set (rtk.config.fields.option), so stored keys stay.
+    image_size: int | None = option(None, min=1, max=4096, key="if-set", help=(
+        "resize every image to image_size x image_size (bilinear, antialiased when shrinking) as it is read, so"
+        " attacks and smoothing noise act at that size (e.g. 224 for an ImageNet model, 32 for a CIFAR one); unset"
+        " keeps the stored size. Datasets that must crop to a fixed size say so in their own help"))
+    channels: Literal[1, 3] | None = option(None, key="if-set", help=(
+        '1 or 3: grayscale repeated to 3 channels (RGB models), or RGB to 1 by the ITU-R 601-2 luma weights'
+        ' 0.299 R + 0.587 G + 0.114 B (as PIL\'s "L"), as images are read; unset keeps the stored channels'))
 
 
 @dataclass
@@ -66,6 +79,15 @@ class RunConfig:
 
     name: str = option("rtk-run", help="name of the run (default output folder runs/NAME/...)")
     seed: int = option(0, min=0, max=2**31 - 1, help="seed of every random stream of the run (CPU runs repeat exactly)")
+    seeds: list[int] | None = option(None, help=(
+        "repeat every sweep point once per seed (sources trained here too; rtk run --seeds 0,1,2): the table and"
+        " results.json give mean, std and 95% intervals over them; unset: the one seed above"))
+    log_every: int = option(100, min=0, help=(
+        "metrics.jsonl: besides every epoch, record the running loss every N optimizer steps of epochs longer than"
+        " N steps (0: per epoch only)"))
+    curve_examples: int = option(512, min=0, help=(
+        "metrics.jsonl: clean accuracy after every epoch on this many training examples (the first ones, eval mode;"
+        " on the validation split when the strategy measures one); 0: not measured"))
     device: str = option("auto", help=(
         '"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (under torchrun "auto" and "cuda" mean '
         'cuda:LOCAL_RANK)'))

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtk.config.recipe import _same, _short, get_dotted, load_recipe
-from rtk.config.schema import RunConfig
 from rtk.config.source_key import canonical, identity
 
 if TYPE_CHECKING:
@@ -129,7 +128,7 @@ class Selection:
             resolver = Resolver(other, self.resolver.registry, (*self.chain, self.resolver.recipe.path.resolve()))
             found = []
             for point in other.points():
-                run = resolver.plain(RunConfig, resolver.table(point.raw, "run"), "run")
+                run = resolver.run_config(point.raw)
                 found.append((point, resolver.source(point.raw, run)))
             self._sources[(resolved, profile)] = found
         return [(point, _copy(source)) for point, source in self._sources[(resolved, profile)]]

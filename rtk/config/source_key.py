@@ -24,12 +24,15 @@ _hashes: dict[tuple[str, int, int], str] = {}
 
 def options(config, hash_files: bool = True) -> dict[str, Any]:
     """A config's fields that change weights, by name; a file option by its content's sha256 (a
-    folder option, such as an image folder's root, by its path)."""
+    folder option, such as an image folder's root, by its path). An option declared with
+    ``key="if-set"`` is left out while it has its default (rtk.config.fields.option)."""
     found = {}
     for f in dataclasses.fields(config):
         if not f.metadata.get("key", True):
             continue
         value = getattr(config, f.name)
+        if f.metadata.get("key") == "if-set" and value == f.default:
+            continue
         if hash_files and f.metadata.get("path") and isinstance(value, str) and Path(value).is_file():
             value = {"sha256": file_sha256(Path(value))}
         found[f.name] = value

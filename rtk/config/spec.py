@@ -70,6 +70,8 @@ class RunSpec:
     attacks: list[ComponentSpec] = field(default_factory=list)
     certify: ComponentSpec | None = None
     cases: list[str] = field(default_factory=list)  # the ids of the point's [[sweep.cases]]
+    group: str | None = None  # with [run] seeds: the point id its seeds share (rtk.config.recipe.SweepPoint)
+    trackers: list[ComponentSpec] = field(default_factory=list)  # [run] trackers (rtk.tracking)
 
 
 class Resolver:
@@ -192,10 +194,29 @@ class Resolver:
         return ImportSpec(importer.name, location["location"], location["where"], location["sha256"],
                           location["revision"], plain, importer)
 
+    def run_config(self, raw: dict) -> RunConfig:
+        """[run] without ``trackers`` (resolved by ``trackers``)."""
+        table = {k: v for k, v in (self.table(raw, "run") or {}).items() if k != "trackers"}
+        return self.plain(RunConfig, table, "run", ("trackers",))
+
+    def trackers(self, raw: dict) -> list[ComponentSpec]:
+        """[run] trackers: a list of names or tables ``{name = "mlflow", experiment = "x"}``."""
+        from rtk.tracking import tracker_tables
+
+        value = (self.table(raw, "run") or {}).get("trackers")
+        tables = tracker_tables(value, f"{self.recipe.path}: [run] trackers")
+        specs = [self.component("tracker", table, f"run.trackers.{i}", "name") for i, table in enumerate(tables)]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise self.fail("run", f"trackers: {names} names a tracker twice; list each once")
+        return specs
+
     def point(self, point: SweepPoint) -> RunSpec:
         raw = point.raw
-        run = self.plain(RunConfig, self.table(raw, "run"), "run")
+        run = self.run_config(raw)
         source = self.source(raw, run)
+        if point.group is not None and source.origin is not None and source.trained:
+            source.seed = run.seed  # --seeds repeats the selected source too: it is trained here, once per seed
         target_table = self.table(raw, "target")
         target = self.component("dataset", target_table, "target", "dataset") if target_table is not None else None
         transfer_table = self.table(raw, "transfer")
@@ -235,7 +256,7 @@ class Resolver:
         if target is None and (attacks or certify):
             raise self.fail("target", "is missing: evaluation and certification need a [target] dataset")
         return RunSpec(point.id, point.params, raw, run, source, target, transfer, objective, evaluation, attacks,
-                       certify, point.cases)
+                       certify, point.cases, point.group, self.trackers(raw))
 
 
 def resolve(recipe: Recipe, registry: Registry) -> list[RunSpec]:

@@ -1,5 +1,6 @@
 """Evaluation: clean accuracy, each attack's accuracy, and robust accuracy as the per-example
-worst case over all attacks (an example is robust only if no attack fools the model on it).
+worst case over all attacks (an example is robust only if no attack fools the model on it; an
+evaluation without attacks reports clean alone).
 
 Protocol: attacks act in pixel space on the model in eval mode (every submodule's previous mode
 is restored afterwards); only clean-correct examples are attacked. ``order = "independent"``
@@ -221,12 +222,14 @@ def gathered(rows: torch.Tensor, names: list[str], flags: list[dict]) -> tuple[d
 
 
 def worst_case(correct: dict[str, list[torch.Tensor]], attacks) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Per-example correctness with "robust" (correct under every attack) added, and each metric's mean."""
+    """Per-example correctness with "robust" (correct under every attack) added, and each metric's
+    mean. Without attacks there is no "robust": it would only repeat clean under another name."""
     correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in correct.items()}
-    robust = correct["clean"].clone()
-    for label, _ in attacks:
-        robust &= correct[label]
-    correct["robust"] = robust
+    if attacks:
+        robust = correct["clean"].clone()
+        for label, _ in attacks:
+            robust &= correct[label]
+        correct["robust"] = robust
     return correct, {k: float(v.float().mean()) if len(v) else float("nan") for k, v in correct.items()}
 
 

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from rtk.errors import RtkError
 from rtk.services.locking import LOCKS, point_lock_path, probe
-from rtk.services.results import jsonable, reused_sources, results_table, write_results
+from rtk.services.results import curves_line, jsonable, reused_sources, results_view, write_results
 from rtk.services.state import RunFolder, atomic_write_text, first_line
 
 HEADER = ("recipe", "recipe_path", "profile", "overrides", "rtk_version")  # results.json's keys before "complete"
@@ -266,9 +266,14 @@ def collect(root: Path, console=None) -> dict:
     return payload
 
 
-def print_report(console, runs: list[dict], title: str, last_line: str) -> None:
-    """The results table, then every flag of every run on its own line, then ``last_line``."""
-    console.print(results_table(runs, title=title))
+def print_report(console, runs: list[dict], title: str, last_line: str, out_dir: Path | None = None) -> None:
+    """The results table (stacked, one block per run, when it does not fit the console's width;
+    rtk.services.results.results_view), where the training curves are when ``out_dir`` (default
+    None: not said) has them, then every flag of every run on its own line, then ``last_line``."""
+    console.print(results_view(runs, title=title, width=console.width))
+    curves = curves_line(out_dir) if out_dir is not None else None
+    if curves:
+        console.print(escape(curves), highlight=False, soft_wrap=True)
     for line in reused_sources(runs):
         console.print(escape(line), highlight=False, soft_wrap=True)
     for run in runs:

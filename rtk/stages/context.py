@@ -38,6 +38,10 @@ class RunContext:
     resume: bool = False
     run_index: int = 0
     train_stage: str | None = None
+    # Training curves (rtk.services.metrics.MetricsLog; None: not recorded) and the name of the
+    # stage training now, e.g. "source 5009383294552c87" or "transfer objective=natural".
+    metrics: object | None = None
+    curve_stage: str | None = None
     _fits: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -72,6 +76,15 @@ class RunContext:
             model.compile()
             model._rtk_compiled = True
         return model
+
+    def log_metrics(self, record: dict) -> None:
+        """Append ``record`` (a dict of numbers, see rtk.services.metrics) to the run's
+        metrics.jsonl under the stage training now; nothing outside a run folder or off rank 0.
+        A strategy that measures something per epoch (validation robust accuracy) calls this with
+        ``{"kind": "validation", "fit": ..., "epoch": e, "val_robust_acc": x}``."""
+        if self.metrics is None or not self.world.is_main:
+            return
+        self.metrics.record({"stage": self.curve_stage or self.train_stage or "train", **record})
 
     @property
     def world(self):

@@ -52,6 +52,7 @@ from rtk.errors import RtkError
 from rtk.registry import Registry
 from rtk.services import distributed
 from rtk.services import shards
+from rtk.services.metrics import MetricsLog
 from rtk.services.locking import OutputLock, PointLock, ShardLock, header_lock
 from rtk.services.results import results_table, write_results
 from rtk.config.source_key import source_key
@@ -63,6 +64,7 @@ from rtk.stages.datasets import Datasets, allow_downloads
 from rtk.stages.evaluate import evaluate_target
 from rtk.stages.source import SourceStage
 from rtk.stages.transfer import TransferStage
+from rtk.tracking import Trackers, flatten, point_results, start_trackers, summary_results, tracker_specs
 
 
 def environment(device: torch.device, seed: int, deterministic: bool = False) -> dict:
@@ -105,7 +107,7 @@ class Runner:
                  show_progress: bool = True, console=None, overwrite: bool = False, resume: bool = False,
                  deterministic: bool = False, store: SourceStore | None = None, download: bool = False,
                  shard: tuple[int, int] | None = None, sources_only: bool = False,
-                 source: tuple[int, int] | None = None):
+                 source: tuple[int, int] | None = None, trackers: tuple[str, ...] = ()):
         self.recipe = recipe
         self.registry = registry
         self.specs: list[RunSpec] = resolve(recipe, registry)  # validates every sweep point up front
@@ -129,6 +131,9 @@ class Runner:
                                                       self.deterministic))
         self.transfer = TransferStage(self.source, self.folder)
         self.runs: list[dict] = []
+        self.tracker_specs = tracker_specs(self.specs[0].trackers, trackers, registry)
+        self.trackers = Trackers([])
+        self.metrics = MetricsLog(self.out_dir, self.trackers) if not sources_only else None
         if self.world.is_main and not sources_only:  # rank 0 takes the lock; another rank would find it taken
             # refuse a folder another run is writing before reading its results
             OutputLock(self.out_dir, shared=self.sharded).check()
@@ -218,7 +223,7 @@ class Runner:
     def context(self, spec: RunSpec, index: int = 0) -> RunContext:
         ctx = RunContext(device=distributed.local_device(resolve_device(spec.run.device)), run=spec.run,
                          show_progress=self.show_progress, out_dir=self.out_dir, checkpoint_dir=self.folder.train_dir,
-                         resume=self.resume, run_index=index)
+                         resume=self.resume, run_index=index, metrics=self.metrics)
         if self.console is not None:
             ctx.console = self.console
         return ctx
@@ -242,13 +247,17 @@ class Runner:
                "seconds": round(seconds + time.perf_counter() - started, 2)}
         if source_info:
             run["source"] = source_info
+        if spec.group is not None:  # [run] seeds: the point this run repeats with its seed
+            run["point"], run["seed"] = spec.group, spec.run.seed
         return run
 
     def payload(self, complete: bool) -> dict:
         return {"recipe": self.recipe.raw.get("run", {}).get("name", self.recipe.path.stem),
                 "recipe_path": str(self.recipe.path), "profile": self.recipe.profile,
                 "overrides": self.recipe.overrides, "rtk_version": rtk.__version__,
-                "complete": complete, "runs": self.runs}
+                "complete": complete, "seeds": self.specs[0].run.seeds,
+                "curves": "metrics.jsonl" if (self.out_dir / "metrics.jsonl").is_file() else None,
+                "runs": self.runs}
 
     def write_header(self, ctx: RunContext) -> None:
         import tomli_w
@@ -308,6 +317,41 @@ class Runner:
                 self.console.print(f"plan: {escape(line)}", highlight=False, soft_wrap=True)
         if self.sources_only:
             return self._run_sources()
+        with self.tracking():
+            return self._run_tracked()
+
+    @contextlib.contextmanager
+    def tracking(self):
+        """The trackers of the run (rank 0), started now and finished with the run's artefacts, or
+        as failed when it raises."""
+        if not (self.world.is_main and self.tracker_specs):
+            yield
+            return
+        name = self.recipe.raw.get("run", {}).get("name", self.recipe.path.stem)
+        started = start_trackers(self.tracker_specs, self.out_dir, str(name), self.warn)
+        self.trackers.trackers[:] = started.trackers
+        self.trackers.start({"name": name, "recipe": str(self.recipe.path), "profile": self.recipe.profile,
+                             "overrides": self.recipe.overrides, "out_dir": str(self.out_dir),
+                             "points": [spec.id for spec in self.specs]})
+        self.trackers.log_params(flatten(self.recipe.raw))
+        try:
+            yield
+        except BaseException:
+            self.trackers.finish("failed")
+            raise
+        results = self.out_dir / "results.json"
+        if results.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                self.trackers.log_results(summary_results(json.loads(results.read_text("utf-8")).get("summary")))
+        for name in ("results.json", "results.csv", "metrics.jsonl", "plot.png", "recipe.resolved.toml"):
+            self.trackers.log_artifact(self.out_dir / name)
+        self.trackers.finish("finished")
+
+    def warn(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def _run_tracked(self) -> dict:
         if self.sharded:
             return self._run_shard()
         lock = OutputLock(self.out_dir) if self.world.is_main else contextlib.nullcontext()
@@ -347,6 +391,7 @@ class Runner:
                             shards.record_failure(self.out_dir, index, exc, name)
                         raise
                     if main:
+                        self.trackers.log_results(point_results(run))
                         shards.write_point(self.out_dir, index, run)
                         self.folder.finish_run(index)
             if not main:
@@ -420,6 +465,7 @@ class Runner:
                 ctx.console.print(f"[bold]run {index + 1}/{len(self.specs)}[/bold]: {spec.id}")
             self.runs.append(self.run_point(index, spec))
             if self.world.is_main:
+                self.trackers.log_results(point_results(self.runs[-1]))
                 write_results(self.out_dir, self.payload(complete=index == len(self.specs) - 1))
                 self.folder.finish_run(index)
         if self.world.is_main:
@@ -447,5 +493,5 @@ class Runner:
             done = sum(self.folder.point_result(i).is_file() for i in range(len(self.specs)))
             last = (f"points: {self.folder.sweep_file.parent} ({done} of {len(self.specs)} done; `rtk status"
                     f" {self.out_dir}`, then `rtk collect {self.out_dir}` once every point is done)")
-        shards.print_report(console, self.runs, self.table().title, last)
+        shards.print_report(console, self.runs, self.table().title, last, self.out_dir)
 

@@ -233,7 +233,8 @@ class SourceStage:
         model = self.build(spec, ctx, {}, data)
         started = time.perf_counter()
         # The seed and autocast of the recipe that defines the source (a selected source keeps its own).
-        train_ctx = dataclasses.replace(ctx, run=dataclasses.replace(ctx.run, seed=source.seed, amp=source.amp))
+        train_ctx = dataclasses.replace(ctx, run=dataclasses.replace(ctx.run, seed=source.seed, amp=source.amp),
+                                        curve_stage=f"source {key}")
         label = data_label(identity(source, hash_files=False)["data"])
         history = fit(model, data.train, source.objective.build(), source.train, train_ctx,
                       description=f"source {key} ({source.objective.name} on {label})",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -14,6 +15,7 @@ from rtk.config.schema import TrainConfig  # noqa: F401  (re-exported: strategie
 from rtk.stages.context import RunContext
 from rtk.data import iterate
 from rtk.services import distributed
+from rtk.services.metrics import finite
 from rtk.services.state import StateFile
 from rtk.errors import RtkError
 
@@ -159,6 +161,7 @@ class Training:
         self.schedule = make_schedule(self.optimizer, cfg, self.batches_per_epoch * self.per_batch)
         self.generator = ctx.generator(offset=1000 + stream)
         self.history, self.step, self.first_epoch, self.done, self.total, self.count = [], 0, 0, 0, 0.0, 0
+        self.curve = Curve(self)
         self.epoch_start = self.generator.get_state()
         self.saved = None  # the path of the last checkpoint this training can go back to
         path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
@@ -203,6 +206,7 @@ class Training:
 
     def run(self) -> list[float]:
         world, cfg = self.world, self.cfg
+        self.curve.begin()
         if world.distributed and world.rank > 0:
             torch.manual_seed(self.ctx.seed * 1_000_003 + 7919 * world.rank + self.step)
         with self.ctx.progress(self.description, cfg.epochs * self.batches_per_epoch * self.per_batch) as advance:
@@ -227,6 +231,7 @@ class Training:
             for piece_images, piece_labels in self.pieces(images, labels):
                 if self.train_step(epoch, piece_images, piece_labels):
                     advance()
+                    self.curve.after_step(epoch)
             if every and self.step // self.per_batch % every == 0 and batch + 1 < self.batches_per_epoch:
                 self.save(epoch, batch + 1)
         if self.world.distributed:
@@ -234,6 +239,7 @@ class Training:
             sums = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
             self.total, self.count = distributed.all_reduce_sum(sums).tolist()
         self.history.append(self.total / max(self.count, 1))
+        self.curve.after_epoch(epoch, self.count)
         self.done, self.total, self.count, self.epoch_start = 0, 0.0, 0, self.generator.get_state()
         self.save(epoch + 1, 0)
 
@@ -285,7 +291,83 @@ class Training:
         if local:
             self.total += loss.item() * local
             self.count += local
+            self.curve.add(loss.item(), local)
         return True
+
+
+class Curve:
+    """What one ``fit`` writes to metrics.jsonl (rtk.services.metrics): a record after every
+    epoch, and every ``[run] log_every`` steps of epochs longer than that."""
+
+    def __init__(self, training: "Training"):
+        self.training = training
+        self.window_total, self.window_count = 0.0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.training.batches_per_epoch * self.training.per_batch
+
+    def begin(self) -> None:
+        self.started = self.epoch_started = time.perf_counter()
+
+    def add(self, loss: float, count: int) -> None:
+        self.window_total += loss * count
+        self.window_count += count
+
+    def base(self, kind: str, epoch: int) -> dict:
+        t = self.training
+        return {"kind": kind, "fit": t.description, "epoch": epoch, "epochs": t.cfg.epochs, "step": t.step,
+                "steps_per_epoch": self.steps_per_epoch, "lr": t.optimizer.param_groups[0]["lr"]}
+
+    def after_step(self, epoch: int) -> None:
+        every = self.training.ctx.run.log_every
+        if not every or self.steps_per_epoch <= every or self.training.step % every or not self.window_count:
+            return
+        record = self.base("step", epoch + 1)
+        record["loss"] = finite(self.window_total / self.window_count)
+        record["seconds"] = round(time.perf_counter() - self.started, 3)
+        self.window_total, self.window_count = 0.0, 0
+        self.training.ctx.log_metrics(record)
+
+    def after_epoch(self, epoch: int, examples: int) -> None:
+        t = self.training
+        now = time.perf_counter()
+        seconds = now - self.epoch_started
+        record = self.base("epoch", epoch + 1)
+        record.update(loss=finite(t.history[-1]), seconds=round(now - self.started, 3),
+                      epoch_seconds=round(seconds, 3), examples_per_s=round(examples / max(seconds, 1e-9), 1))
+        if t.ctx.metrics is not None and t.world.is_main and t.ctx.run.curve_examples:
+            accuracy = clean_accuracy(t.model, t.data, t.ctx, t.ctx.run.curve_examples, t.cfg.batch_size)
+            if accuracy is not None:
+                record.update(clean_acc=accuracy, clean_acc_on="train")
+        self.window_total, self.window_count = 0.0, 0
+        t.ctx.log_metrics(record)
+        self.epoch_started = time.perf_counter()  # the accuracy above is not the next epoch's time
+
+
+def clean_accuracy(model: nn.Module, data, ctx: RunContext, n: int, batch_size: int) -> float | None:
+    """Accuracy of ``model`` in eval mode on the first ``n`` examples of ``data``; None when the
+    model's outputs are not class scores for these labels (a contrastive objective's model)."""
+    from rtk.data import load_batches
+
+    count = min(n, len(data))
+    if not count:
+        return None
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        batches = [torch.arange(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+        with torch.no_grad(), ctx.autocast("eval"):
+            for images, labels in load_batches(data, batches):
+                logits = model(ctx.to_device(images))
+                labels = ctx.to_device(labels)
+                if logits.ndim != 2 or labels.ndim != 1 or int(labels.max()) >= logits.shape[1]:
+                    return None
+                correct += int((logits.argmax(1) == labels).sum())
+    finally:
+        model.train(was_training)
+    return round(correct / count, 6)
 
 
 class CrossEntropy(Objective):

@@ -48,10 +48,11 @@ class TransferStage:
         strategy = spec.transfer.build()
         objective = spec.transfer_objective.build() if spec.transfer_objective else None
         ctx.train_stage = "transfer"  # so that the strategy's fit calls keep resumable checkpoints
+        ctx.curve_stage = f"transfer {spec.id}"
         try:
             return strategy.transfer(model, target, ctx, objective)
         finally:
-            ctx.train_stage = None
+            ctx.train_stage = ctx.curve_stage = None
 
     def resumed(self, index: int, spec: RunSpec, ctx: RunContext) -> tuple[object, dict, float] | None:
         """What target_model returns, rebuilt from run ``index``'s saved target model; None when

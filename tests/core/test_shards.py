@@ -258,7 +258,10 @@ def test_collect_refuses_missing_points_then_gathers_them(cli, tmp_path):
     result = cli("collect", out)
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
-    assert list(payload) == ["recipe", "recipe_path", "profile", "overrides", "rtk_version", "complete", "runs"]
+    assert list(payload) == ["recipe", "recipe_path", "profile", "overrides", "rtk_version", "complete", "runs",
+                             "summary"]
+    assert [run.pop("intervals") for run in payload["runs"]] == [{}] * 4  # no n_eval: no interval
+    assert [entry["point"] for entry in payload.pop("summary")] == [f"lr={i}" for i in range(4)]
     assert payload == {**HEADER, "complete": True, "runs": [point(i) for i in range(4)]}
     assert (out / "results.csv").read_text().splitlines()[0] == "id,transfer.lr,clean,robust"
     assert "results:" in result.stdout and "lr=3" in result.stdout

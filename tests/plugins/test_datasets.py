@@ -211,6 +211,31 @@ def test_real_mnist_sizes_shape_and_range(real_mnist_root):
     assert splits.num_classes == 10 and splits.class_names[0].startswith("0")
 
 
+def test_mnist_at_224_px_with_3_channels_stays_28_px_uint8_in_memory(tiny_mnist):
+    """In-memory sets are converted batch by batch as they are read (rtk.data.apply_options): the whole
+    MNIST training set at 3x224x224 in float32 would take 36 GB."""
+    config = MnistConfig(root=str(tiny_mnist), image_size=224, channels=3)
+    stored = load_mnist(config)
+    out = apply_options(stored, config)
+    assert out.train.images is stored.train.images and out.train.images.shape == (12, 1, 28, 28)
+    x, y = out.train.take(torch.arange(5))
+    assert x.shape == (5, 3, 224, 224) and torch.equal(y, stored.train.labels[:5])
+    assert torch.equal(x[:, 0], x[:, 2]) and 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.data
+def test_real_mnist_at_32_px_with_3_channels(real_mnist_root):
+    config = MnistConfig(root=str(real_mnist_root), image_size=32, channels=3)
+    stored = load_mnist(config)
+    out = apply_options(stored, config)
+    assert (len(out.train), len(out.test)) == (60000, 10000) and out.image_shape == (3, 32, 32)
+    assert torch.equal(out.test.labels, stored.test.labels)
+    x, _ = out.test.take(torch.arange(256))
+    small, _ = stored.test.take(torch.arange(256))
+    assert x.shape == (256, 3, 32, 32) and 0.0 <= x.min() and x.max() <= 1.0
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.allclose(x.mean((1, 2, 3)), small.mean((1, 2, 3)), atol=0.02)
+
+
 @pytest.mark.data
 def test_real_mnist_truncated_copy_is_a_data_error(real_mnist_root, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
@@ -288,6 +313,19 @@ def test_imagefolder_splits(image_root):
     assert y.tolist() == [0, 0, 0, 1, 1, 1]
     out = apply_options(splits, DatasetConfig(classes=[1]))
     assert out.class_names == ["dog"] and out.train.labels.tolist() == [0, 0, 0]
+
+
+def test_imagefolder_channels_1_is_the_luma_of_the_rgb_crop_and_image_size_crops_once(image_root):
+    config = ImageFolderConfig(root=str(image_root), image_size=8, channels=1)
+    rgb = load_imagefolder(config)
+    out = apply_options(rgb, config)
+    x, y = out.train.take(torch.arange(6))
+    assert x.shape == (6, 1, 8, 8) and y.tolist() == [0, 0, 0, 1, 1, 1]
+    colour, _ = rgb.train.take(torch.arange(6))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose(x, (colour * luma).sum(1, keepdim=True), atol=1e-6)
+    # image_size is the short-side resize + center crop of the transform; rtk never resizes those crops again
+    assert out.train.size is None and out.test[0][0].shape == (1, 8, 8)
 
 
 def test_imagefolder_test_labels_follow_training_ids(image_root):

@@ -156,6 +156,23 @@ def test_images_are_decoded_only_when_asked_for(dtd_root, monkeypatch):
     assert len(opened) == 2
 
 
+def test_channels_1_holds_for_augmented_training_images_their_unaugmented_view_and_subsets(dtd_root):
+    from rtk_plugins.transfer.heads import unaugmented
+
+    config = DtdConfig(root=str(dtd_root), image_size=8, channels=1, classes=[2, 0])
+    out = apply_options(load("dtd", config), config)
+    assert isinstance(out.train, torchvision_data.AugmentedImages)
+    for split in (out.train, unaugmented(out.train), out.test):
+        x, _ = split.take(torch.arange(len(split)))
+        assert x.shape == (len(split), 1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0
+    colour_config = DtdConfig(root=str(dtd_root), image_size=8, classes=[2, 0])
+    rgb = apply_options(load("dtd", colour_config), colour_config)
+    colour, _ = rgb.test.take(torch.arange(len(rgb.test)))
+    grey, _ = out.test.take(torch.arange(len(out.test)))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose(grey, (colour * luma).sum(1, keepdim=True), atol=1e-6)
+
+
 def test_pets_official_trainval_and_test(pets_root):
     data = load("oxford-pets", PetsConfig(root=str(pets_root), image_size=12))
     assert (len(data.train), len(data.test), data.num_classes) == (6, 4, 2)
