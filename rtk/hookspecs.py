@@ -50,7 +50,8 @@ def register_datasets(register):
     """Register datasets.
 
     The config class must subclass rtk.data.DatasetConfig (class subsets, label remapping,
-    N per class and validation split are applied by rtk to what the factory returns).
+    N per class, validation split, image_size and channels are applied by rtk to what the
+    factory returns; a dataset that crops to image_size itself sets ``resizes_itself = True``).
     factory(config) -> rtk.data.DataSplits with images in [0, 1].
     """
 

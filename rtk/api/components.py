@@ -98,6 +98,13 @@ class ConfiguredAttack:
     takes it in ``attacks=[...]`` (its sanity checks included). Attributes: ``name``, ``label``,
     ``options`` (as given), ``config`` (the validated dataclass), ``norm``, ``eps``,
     ``threat_model`` and ``attack`` (the plugin's own object).
+
+    Example::
+
+        >>> pgd = rtk.attack("pgd", eps="8/255", steps=10)
+        >>> adversarial = pgd(model, images, labels)
+        >>> pgd.norm, round(pgd.eps, 4)
+        ('Linf', 0.0314)
     """
 
     def __init__(self, spec: ComponentSpec, options: dict):
@@ -176,9 +183,10 @@ def dataset(name: str, **options):
 
     Example::
 
-        data = rtk.dataset("digits", classes=[5, 6, 7, 8, 9], image_size=32, channels=3)
-        images, labels = data.train.take(torch.arange(64))     # a batch: (64, 3, 32, 32), (64,)
-        data.num_classes, len(data.test)                        # 5, 269
+        >>> data = rtk.dataset("digits", classes=[5, 6, 7, 8, 9], image_size=32, channels=3)
+        >>> images, labels = data.train.take(torch.arange(64))
+        >>> images.shape, data.num_classes, len(data.test)
+        (torch.Size([64, 3, 32, 32]), 5, 269)
     """
     from rtk.stages.datasets import load_dataset
 
@@ -354,7 +362,14 @@ def source(key_or_prefix: str | None = None, *, store: str | Path | SourceStore 
 class ComponentInfo:
     """One registered component: ``kind`` ("attack", "model", ...), ``name``, the ``plugin`` that
     registers it (with its ``distribution`` and ``version``), its one-line ``summary`` and its
-    ``options``: one dict per config field (name, type, default, min, max, help)."""
+    ``options``: one dict per config field (name, type, default, min, max, help).
+
+    Example::
+
+        >>> info = next(c for c in rtk.components("attack") if c.name == "pgd")
+        >>> info.plugin, [option["name"] for option in info.options][:3]
+        ('rtk_plugins.attacks', ['norm', 'eps', 'steps'])
+    """
 
     kind: str
     name: str

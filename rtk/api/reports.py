@@ -59,6 +59,12 @@ class EvaluationResult:
     ``class_names``. ``correct`` and ``indices``: per-example correctness (bool tensors by metric)
     and the evaluated examples' positions in the data. ``result["robust"]`` reads a metric;
     ``table()`` gives a rich Table; ``to_dict()`` a JSON-ready dict.
+
+    Example::
+
+        >>> result = rtk.evaluate(model, "digits", attacks=["pgd"], eps=0.1, n=200)
+        >>> result["robust"], result.intervals["robust"], [flag["name"] for flag in result.flags]
+        (0.41, (0.341, 0.481), [])
     """
 
     metrics: dict[str, float]
@@ -131,6 +137,12 @@ class CertificationResult:
     the data, label, prediction, radius, correct, ...) from a per-example certifier, else None.
     ``intervals``: the 95% Clopper-Pearson interval of each accuracy-type metric (not of acr).
     ``table()`` gives a rich Table; ``to_dict()`` a JSON-ready dict.
+
+    Example::
+
+        >>> result = rtk.certify(model, "digits", sigma=0.25, n=1000, n_examples=100)
+        >>> result.metrics["certified_accuracy@0.5"], result.metrics["acr"], result.summary["sigma"]
+        (0.52, 0.61, 0.25)
     """
 
     metrics: dict[str, float]

@@ -252,18 +252,32 @@ class ColumnSpec:
         return max([len(self.header), *(len(line.plain) for lines in self.cells for line in lines)])
 
 
+def shown_metrics(runs: list[dict]) -> list[str]:
+    """The metrics the table shows: all of them, except ``robust`` where every run has a single
+    attack, so that robust (the worst case over the attacks) is that attack's column again
+    (results.json keeps it; a paper number for it keeps it shown)."""
+    names = metric_names(runs)
+    copies = bool(runs) and all(
+        len(attacks := [k for k in run.get("metrics", {}) if k not in ("clean", "robust")]) == 1
+        and run["metrics"].get("robust") == run["metrics"][attacks[0]] and "robust" not in run.get("paper", {})
+        for run in runs)
+    return [name for name in names if not (copies and name == "robust")]
+
+
 def columns(runs: list[dict]) -> list[ColumnSpec]:
     """The table's columns: run (or point), seeds, source, source clean, then one per metric."""
     rows = result_rows(runs)
-    specs = [ColumnSpec("run", [[Text(row.name)] for row in rows], number=False, justify="left", shrink_to=12,
-                        style="bold")]
+    # A run id folds only between its comma-separated parts ("objective=natural" stays whole).
+    narrowest = max([12, *(len(part) for row in rows for part in row.name.split(","))])
+    specs = [ColumnSpec("run", [[Text(row.name)] for row in rows], number=False, justify="left",
+                        shrink_to=narrowest, style="bold")]
     if seeded(runs):
         specs.append(ColumnSpec("seeds", [[Text(row.seeds)] for row in rows], number=True))
     if any("key" in run.get("source", {}) for run in runs):
         specs.append(ColumnSpec("source", [[Text(row.source)] for row in rows], number=False, justify="left"))
     if any("source" in run for run in runs):
         specs.append(ColumnSpec("source clean", [[Text(row.source_clean)] for row in rows], number=True))
-    for name in metric_names(runs):
+    for name in shown_metrics(runs):
         specs.append(ColumnSpec(short_header(name), [row.cells.get(name, []) for row in rows], number=True))
     return specs
 
@@ -282,12 +296,13 @@ def spec_table(specs: list[ColumnSpec], title: str, squeezed: bool = False) -> T
     return table
 
 
-def spec_width(specs: list[ColumnSpec], title: str = "") -> int:
-    """The narrowest spec_table(specs) can be with every number whole (text columns folded)."""
+def spec_width(specs: list[ColumnSpec], title: str = "", squeezed: bool = True) -> int:
+    """The width of spec_table(specs): at its narrowest with every number whole (text columns
+    folded), or with ``squeezed=False`` as wide as its cells ask."""
     from rich.console import Console
 
     console = Console(width=100_000, file=io.StringIO())
-    return Measurement.get(console, console.options, spec_table(specs, title, squeezed=True)).maximum
+    return Measurement.get(console, console.options, spec_table(specs, title, squeezed=squeezed)).maximum
 
 
 def results_table(runs: list[dict], title: str = "results") -> Table:
@@ -307,7 +322,7 @@ def stacked_results(runs: list[dict], title: str = "results") -> Group:
     """The results as one block per run (or point): its name, seeds and source, then a line
     ``metric: value [lo, hi] (paper ...)`` per metric; for consoles too narrow for the table."""
     lines = [Text(title, style="bold")]
-    names = metric_names(runs)
+    names = shown_metrics(runs)
     for index, row in enumerate(result_rows(runs)):
         if index:
             lines.append(Text(""))  # blocks apart: a name line would otherwise read as the previous block's
@@ -327,7 +342,12 @@ def stacked_results(runs: list[dict], title: str = "results") -> Group:
 
 
 def results_view(runs: list[dict], title: str = "results", width: int = 80) -> Table | Group:
-    """The results table when it fits ``width`` columns with every number whole, else stacked_results."""
-    if table_width(runs, title) <= width:
-        return results_table(runs, title)
+    """The results table when it fits ``width`` columns with every number whole (its text columns
+    folded to their narrowest when it must: rich would otherwise share the shortfall out and could
+    cut a number), else stacked_results."""
+    specs = columns(runs)
+    if spec_width(specs, title, squeezed=False) <= width:
+        return spec_table(specs, title)
+    if spec_width(specs, title) <= width:
+        return spec_table(specs, title, squeezed=True)
     return stacked_results(runs, title)

@@ -255,9 +255,7 @@ class Runner:
         return {"recipe": self.recipe.raw.get("run", {}).get("name", self.recipe.path.stem),
                 "recipe_path": str(self.recipe.path), "profile": self.recipe.profile,
                 "overrides": self.recipe.overrides, "rtk_version": rtk.__version__,
-                "complete": complete, "seeds": self.specs[0].run.seeds,
-                "curves": "metrics.jsonl" if (self.out_dir / "metrics.jsonl").is_file() else None,
-                "runs": self.runs}
+                "complete": complete, "runs": self.runs}
 
     def write_header(self, ctx: RunContext) -> None:
         import tomli_w

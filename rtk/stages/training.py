@@ -161,7 +161,7 @@ class Training:
         self.schedule = make_schedule(self.optimizer, cfg, self.batches_per_epoch * self.per_batch)
         self.generator = ctx.generator(offset=1000 + stream)
         self.history, self.step, self.first_epoch, self.done, self.total, self.count = [], 0, 0, 0, 0.0, 0
-        self.curve = Curve(self)
+        self.curve = Curve()
         self.epoch_start = self.generator.get_state()
         self.saved = None  # the path of the last checkpoint this training can go back to
         path = ctx.train_checkpoint() if checkpoint == "auto" else checkpoint
@@ -231,7 +231,7 @@ class Training:
             for piece_images, piece_labels in self.pieces(images, labels):
                 if self.train_step(epoch, piece_images, piece_labels):
                     advance()
-                    self.curve.after_step(epoch)
+                    self.curve.after_step(self, epoch)
             if every and self.step // self.per_batch % every == 0 and batch + 1 < self.batches_per_epoch:
                 self.save(epoch, batch + 1)
         if self.world.distributed:
@@ -239,7 +239,7 @@ class Training:
             sums = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
             self.total, self.count = distributed.all_reduce_sum(sums).tolist()
         self.history.append(self.total / max(self.count, 1))
-        self.curve.after_epoch(epoch, self.count)
+        self.curve.after_epoch(self, epoch, self.count)
         self.done, self.total, self.count, self.epoch_start = 0, 0.0, 0, self.generator.get_state()
         self.save(epoch + 1, 0)
 
@@ -297,15 +297,16 @@ class Training:
 
 class Curve:
     """What one ``fit`` writes to metrics.jsonl (rtk.services.metrics): a record after every
-    epoch, and every ``[run] log_every`` steps of epochs longer than that."""
+    epoch, and every ``[run] log_every`` steps of epochs longer than that. It is handed the
+    Training at each call rather than holding it: a reference cycle would keep the training data
+    (memory-mapped feature caches) alive until the garbage collector's next pass."""
 
-    def __init__(self, training: "Training"):
-        self.training = training
+    def __init__(self):
         self.window_total, self.window_count = 0.0, 0
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.training.batches_per_epoch * self.training.per_batch
+    @staticmethod
+    def steps_per_epoch(t: "Training") -> int:
+        return t.batches_per_epoch * t.per_batch
 
     def begin(self) -> None:
         self.started = self.epoch_started = time.perf_counter()
@@ -314,26 +315,24 @@ class Curve:
         self.window_total += loss * count
         self.window_count += count
 
-    def base(self, kind: str, epoch: int) -> dict:
-        t = self.training
+    def base(self, t: "Training", kind: str, epoch: int) -> dict:
         return {"kind": kind, "fit": t.description, "epoch": epoch, "epochs": t.cfg.epochs, "step": t.step,
-                "steps_per_epoch": self.steps_per_epoch, "lr": t.optimizer.param_groups[0]["lr"]}
+                "steps_per_epoch": self.steps_per_epoch(t), "lr": t.optimizer.param_groups[0]["lr"]}
 
-    def after_step(self, epoch: int) -> None:
-        every = self.training.ctx.run.log_every
-        if not every or self.steps_per_epoch <= every or self.training.step % every or not self.window_count:
+    def after_step(self, t: "Training", epoch: int) -> None:
+        every = t.ctx.run.log_every
+        if not every or self.steps_per_epoch(t) <= every or t.step % every or not self.window_count:
             return
-        record = self.base("step", epoch + 1)
+        record = self.base(t, "step", epoch + 1)
         record["loss"] = finite(self.window_total / self.window_count)
         record["seconds"] = round(time.perf_counter() - self.started, 3)
         self.window_total, self.window_count = 0.0, 0
-        self.training.ctx.log_metrics(record)
+        t.ctx.log_metrics(record)
 
-    def after_epoch(self, epoch: int, examples: int) -> None:
-        t = self.training
+    def after_epoch(self, t: "Training", epoch: int, examples: int) -> None:
         now = time.perf_counter()
         seconds = now - self.epoch_started
-        record = self.base("epoch", epoch + 1)
+        record = self.base(t, "epoch", epoch + 1)
         record.update(loss=finite(t.history[-1]), seconds=round(now - self.started, 3),
                       epoch_seconds=round(seconds, 3), examples_per_s=round(examples / max(seconds, 1e-9), 1))
         if t.ctx.metrics is not None and t.world.is_main and t.ctx.run.curve_examples:

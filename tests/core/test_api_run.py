@@ -79,3 +79,14 @@ def test_import_rtk_loads_neither_torch_nor_plugins():
             " print(bad)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_dataset_loads_as_a_recipe_target_does():
+    import torch
+
+    data = rtk.dataset("digits", classes=[5, 6, 7, 8, 9], image_size=32, channels=3)
+    images, labels = data.train.take(torch.arange(64))
+    assert images.shape == (64, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    assert data.num_classes == 5 and len(data.test) == 269 and set(labels.tolist()) <= set(range(5))
+    with pytest.raises(RtkError, match="channels"):
+        rtk.dataset("digits", channels=2)

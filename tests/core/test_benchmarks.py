@@ -17,6 +17,7 @@ TINY = {
     "bench_linear_probe": ["--n", "128", "--epochs", "2", "--repeats", "1"],
     "bench_lwf": ["--n", "128", "--repeats", "1"],
     "bench_pgd_bound": ["--batch-size", "8", "--steps", "2", "--repeats", "1"],
+    "bench_import": ["--repeats", "1"],
 }
 
 
@@ -33,6 +34,9 @@ def test_benchmark_runs_and_writes_its_ratio(name, tmp_path, one_thread):
     result = json.loads(out.read_text())
     assert result["ratio_rtk_over_reference"] > 0 and isinstance(result["meets_target"], bool)
     assert result["meets_target"] == (result["ratio_rtk_over_reference"] <= result["target"])
+    if name == "bench_import":  # fresh interpreters that import rtk: neither torch nor a plugin comes along
+        assert result["loads_torch"] is False and result["loads_plugins"] == []
+        return
     assert result["torch_threads"] == 1 and result["torch"]
     if name == "bench_pgd":
         assert result["same_robust_accuracy"]  # both paths attacked with the same seeds

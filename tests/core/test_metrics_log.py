@@ -71,4 +71,4 @@ def test_a_run_folder_holds_the_curves_of_the_source_and_the_transfer(write_reci
     source = [r for r in found if r["stage"].startswith("source")]
     transfer = [r for r in found if r["stage"] == "transfer tiny"]
     assert len(source) == 2 and len(transfer) == 3  # [source.train] epochs = 2, [transfer] epochs = 3
-    assert results.payload["curves"] == "metrics.jsonl"
+    assert len(results.runs) == 1

@@ -15,7 +15,7 @@ from rtk.services.stats import binomial_interval
 
 
 def run(i: int, metrics: dict, paper: dict | None = None, certify: dict | None = None) -> dict:
-    found = {"id": f"objective=variant-{i}", "params": {"source.objective": {"name": f"variant-{i}"}},
+    found = {"id": f"objective=v{i}", "params": {"source.objective": {"name": f"v{i}"}},
              "metrics": metrics, "paper": paper or {}, "n_eval": 50, "attack_order": "independent", "flags": [],
              "source": {"key": f"{i}f76fc8bbfdb009e", "reused": i == 1, "clean": 0.896 - i / 10}}
     if certify:
@@ -88,7 +88,7 @@ def test_quickstart_table_fits_80_and_200_columns():
         assert_whole(text, width, expected_pieces(runs) + ["(paper 0.930,", "(paper 0.080,"])
         # 0.930 lies outside clean's [0.533, 0.805]; 0.080 inside robust's [0.022, 0.192]
         assert text.count("outside") == 1 and text.count("inside") == 1
-    assert "objective=variant-0" in rendered(runs, 200)  # ids are not folded when there is room
+    assert "objective=v0" in rendered(runs, 200)  # ids are not folded when there is room
 
 
 def test_too_many_columns_print_stacked_at_80_and_as_a_table_at_200():
@@ -125,13 +125,13 @@ def test_write_results_adds_intervals_summary_and_csv_columns(tmp_path):
     first = written["runs"][0]
     assert list(first)[:4] == ["id", "params", "metrics", "intervals"]
     assert first["intervals"]["clean"] == list(binomial_interval(34 / 50, 50))
-    assert [e["point"] for e in written["summary"]] == ["objective=variant-0", "objective=variant-1"]
+    assert [e["point"] for e in written["summary"]] == ["objective=v0", "objective=v1"]
     assert written["summary"][0]["paper_inside"] == {"clean": False, "robust": True}
     rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
     assert list(rows[0])[:6] == ["id", "source.objective", "clean", "clean.ci_lo", "clean.ci_hi", "PGD-20"]
     assert float(rows[1]["robust.ci_hi"]) == binomial_interval(15 / 50, 50)[1] and rows[1]["paper.clean"] == ""
     summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
-    assert [r["point"] for r in summary] == ["objective=variant-0", "objective=variant-1"]
+    assert [r["point"] for r in summary] == ["objective=v0", "objective=v1"]
     assert summary[0]["clean.std"] == "" and float(summary[0]["clean.ci_lo"]) == binomial_interval(0.68, 50)[0]
 
 
@@ -155,3 +155,15 @@ def test_curves_line_and_report(tmp_path):
     console = Console(width=80, record=True, file=io.StringIO())
     print_report(console, quickstart_runs(), "quickstart", "results: here")  # the old call: no curves line
     assert "curves: " not in console.export_text()
+
+
+def test_ids_fold_only_between_parts_and_a_copied_robust_column_is_left_out():
+    runs = [run(i, {"clean": 0.9, "PGD-20": 0.2, "robust": 0.2}) for i in range(2)]
+    for one in runs:
+        one["id"] = one["id"].replace("objective=v", "objective=natural-and-long-") + ",seed=0"
+    text = rendered(runs, 80)
+    assert "objective=natural-and-long-0" in text  # whole: folded only at the comma
+    assert "robust" not in text.split("\n\n")[0].splitlines()[1]  # PGD-20 alone: robust would repeat it
+    runs[0]["metrics"]["robust"] = 0.1  # two attacks' worth of difference: robust is its own column again
+    runs[0]["metrics"]["FGSM"] = 0.3
+    assert "robust" in rendered(runs, 200)

@@ -71,7 +71,9 @@ def locked(path) -> bool:
 
 def test_two_processes_that_need_one_missing_source_train_it_once(tmp_path, source_store):
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(TINY_RECIPE.replace("epochs = 2", "epochs = 60"))  # long enough to be caught training
+    # long enough (about 9 s on one thread) that the second process, which must import torch first, starts
+    # planning while the first still trains it, even on a loaded machine
+    recipe.write_text(TINY_RECIPE.replace("epochs = 2", "epochs = 200"))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
     def start(out: str):
