@@ -21,6 +21,8 @@ A tracker that raises is warned about once and dropped; the run goes on (its fol
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,31 @@ def summary_results(summary: list[dict]) -> dict[str, float]:
                 if isinstance(stats, dict) and stats.get(what) is not None:
                     flat[f"{entry.get('point')}/{name}/{what}"] = stats[what]
     return flat
+
+
+ARTEFACTS = ("results.json", "results.csv", "metrics.jsonl", "plot.png", "recipe.resolved.toml")
+
+
+@contextlib.contextmanager
+def tracked(trackers: Trackers, specs: list, recipe, out_dir: Path, points: list[str], warn):
+    """Start ``specs``' trackers into ``trackers`` (the dispatcher the run's metrics log already
+    holds) with the run's info and flattened recipe; on leaving, the seed summaries of
+    results.json and the artefacts, then ``finish``; ``finish("failed")`` when the block raises."""
+    name = str(recipe.raw.get("run", {}).get("name", recipe.path.stem))
+    trackers.trackers[:] = start_trackers(specs, out_dir, name, warn).trackers
+    trackers.warn = warn
+    trackers.start({"name": name, "recipe": str(recipe.path), "profile": recipe.profile,
+                    "overrides": recipe.overrides, "out_dir": str(out_dir), "points": points})
+    trackers.log_params(flatten(recipe.raw))
+    try:
+        yield trackers
+    except BaseException:
+        trackers.finish("failed")
+        raise
+    results = Path(out_dir) / "results.json"
+    if results.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            trackers.log_results(summary_results(json.loads(results.read_text("utf-8")).get("summary")))
+    for artefact in ARTEFACTS:
+        trackers.log_artifact(Path(out_dir) / artefact)
+    trackers.finish("finished")

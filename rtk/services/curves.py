@@ -92,8 +92,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def training_name(record: dict) -> str:
-    """How a training is called in a legend: "stage / fit" (either may be missing)."""
+    """How a training is called in a legend: "stage / fit" (either may be missing; the fit alone
+    when it already names the stage, as a source's "source KEY (objective on data)" does)."""
     parts = [str(record[k]) for k in ("stage", "fit") if record.get(k) not in (None, "")]
+    if len(parts) == 2 and parts[1].startswith(parts[0]):
+        parts = parts[1:]
     return " / ".join(parts) or "training"
 
 

@@ -64,7 +64,7 @@ from rtk.stages.datasets import Datasets, allow_downloads
 from rtk.stages.evaluate import evaluate_target
 from rtk.stages.source import SourceStage
 from rtk.stages.transfer import TransferStage
-from rtk.tracking import Trackers, flatten, point_results, start_trackers, summary_results, tracker_specs
+from rtk.tracking import Trackers, point_results, tracked, tracker_specs
 
 
 def environment(device: torch.device, seed: int, deterministic: bool = False) -> dict:
@@ -318,32 +318,13 @@ class Runner:
         with self.tracking():
             return self._run_tracked()
 
-    @contextlib.contextmanager
     def tracking(self):
-        """The trackers of the run (rank 0), started now and finished with the run's artefacts, or
-        as failed when it raises."""
+        """The trackers of the run (rank 0; rtk.tracking.tracked): started now, finished with the
+        run's artefacts, or as failed when it raises."""
         if not (self.world.is_main and self.tracker_specs):
-            yield
-            return
-        name = self.recipe.raw.get("run", {}).get("name", self.recipe.path.stem)
-        started = start_trackers(self.tracker_specs, self.out_dir, str(name), self.warn)
-        self.trackers.trackers[:] = started.trackers
-        self.trackers.start({"name": name, "recipe": str(self.recipe.path), "profile": self.recipe.profile,
-                             "overrides": self.recipe.overrides, "out_dir": str(self.out_dir),
-                             "points": [spec.id for spec in self.specs]})
-        self.trackers.log_params(flatten(self.recipe.raw))
-        try:
-            yield
-        except BaseException:
-            self.trackers.finish("failed")
-            raise
-        results = self.out_dir / "results.json"
-        if results.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                self.trackers.log_results(summary_results(json.loads(results.read_text("utf-8")).get("summary")))
-        for name in ("results.json", "results.csv", "metrics.jsonl", "plot.png", "recipe.resolved.toml"):
-            self.trackers.log_artifact(self.out_dir / name)
-        self.trackers.finish("finished")
+            return contextlib.nullcontext()
+        return tracked(self.trackers, self.tracker_specs, self.recipe, self.out_dir, [s.id for s in self.specs],
+                       self.warn)
 
     def warn(self, message: str) -> None:
         if self.console is not None:
