@@ -27,7 +27,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-TRACKER_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+# The pip extra of rtk that installs each built-in tracker's library; none for MLflow, installed after
+# rtk with `pip install mlflow` (pyproject.toml says why).
+TRACKER_EXTRAS = {"tensorboard": "tensorboard", "mlflow": None, "wandb": "wandb"}
 
 
 class Tracker:

@@ -10,7 +10,8 @@ OUT and never reach the network:
 - ``wandb``: an offline run in OUT/wandb/offline-run-<time>-<id>/ (``wandb sync`` uploads it).
 
 The libraries are imported only when a tracker is built (the modules beside this one), so listing
-plugins stays fast; each is an extra of rtk (``pip install "rtk[mlflow]"``).
+plugins stays fast. TensorBoard and W&B are extras of rtk (``pip install "rtk[wandb]"``); MLflow is
+installed after rtk (``pip install mlflow``: its requests clashes with torchattacks' pin, see pyproject.toml).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def register_trackers(register):
              requires="tensorboard", extra="tensorboard")
     register("mlflow", "rtk_plugins.trackers.mlflow_tracker:build_tracker", config=MlflowConfig,
              summary="an MLflow run: params, metrics, results, files; store $MLFLOW_TRACKING_URI or OUT/mlflow.db",
-             requires="mlflow", extra="mlflow")
+             requires="mlflow", extra=None)  # no extra: see pyproject.toml
     register("wandb", "rtk_plugins.trackers.wandb_tracker:build_tracker", config=WandbConfig,
              summary="a Weights & Biases run, offline in OUT/wandb by default (upload with `wandb sync`)",
              requires="wandb", extra="wandb")
