@@ -300,13 +300,11 @@ def eval_command(**options):
 @handle_errors
 def validate(recipe, overrides, profile):
     """Check RECIPE (and every sweep point) against the installed plugins without running it."""
-    from rtk.config.recipe import load_recipe, paper_for
+    from rtk.config.recipe import load_recipe
     from rtk.config.spec import resolve
 
     loaded = load_recipe(recipe, profile, list(overrides))
-    specs = resolve(loaded, registry())
-    for spec in specs:
-        paper_for(loaded, spec.params, spec.cases)
+    specs = resolve(loaded, registry())  # validates every sweep point and its [paper] rows
     runs = f"{len(specs)} run{'s' if len(specs) != 1 else ''}"
     console.print(f"[green]ok[/green]: {recipe} is valid ({runs}; profiles: {', '.join(loaded.profiles) or 'none'})")
 

@@ -47,13 +47,11 @@ def load_recipe(path: str | Path, set: Mapping[str, Any] | Iterable[str] | None 
     from rtk.config.recipe import load_recipe as read
 
     recipe = read(path, profile, _overrides(set))
-    if validate:
-        from rtk.config.recipe import paper_for
+    if validate:  # every sweep point against the registry, and its [paper] rows
         from rtk.config.spec import resolve
         from rtk.registry import default_registry
 
-        for spec in resolve(recipe, default_registry()):
-            paper_for(recipe, spec.params, spec.cases)
+        resolve(recipe, default_registry())
     return recipe
 
 
@@ -61,15 +59,10 @@ def _with(recipe: "Recipe", overrides: list[str]) -> "Recipe":
     """``recipe`` with more ``--set`` overrides applied (a copy)."""
     import dataclasses
 
-    from rtk.config.recipe import parse_value, set_dotted
-    from rtk.errors import RecipeError
+    from rtk.config.recipe import apply_overrides
 
     raw = copy.deepcopy(recipe.raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise RecipeError(f'--set "{item}": expected KEY=VALUE, e.g. --set transfer.lambda_d=0.01')
-        set_dotted(raw, key.strip(), parse_value(text.strip()), f"--set {item}")
+    apply_overrides(raw, overrides)
     return dataclasses.replace(recipe, raw=raw, overrides=[*recipe.overrides, *overrides])
 
 

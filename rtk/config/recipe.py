@@ -178,13 +178,19 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
             unset_dotted(raw, key, f"{path}: [profile.{profile}] unset")
         for key, value in _flatten_profile(chosen):
             set_dotted(raw, key, value, f"{path}: [profile.{profile}]")
+    apply_overrides(raw, overrides)
+    return Recipe(path, raw, profile, list(overrides), sorted(profiles))
+
+
+def apply_overrides(raw: dict, overrides, example: str = "transfer.lambda_d=0.01") -> None:
+    """Apply ``--set KEY=VALUE`` strings to ``raw`` in order (values parsed as parse_value does);
+    a malformed item or one nested too deeply is a RecipeError naming it (``example`` shows the form)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise RecipeError(f'--set "{item}": expected KEY=VALUE, e.g. --set transfer.lambda_d=0.01')
+            raise RecipeError(f'--set "{item}": expected KEY=VALUE, e.g. --set {example}')
         set_dotted(raw, key.strip(), parse_value(text.strip()), f"--set {item}")
         _check_depth(raw, f"--set {item[:60]}")
-    return Recipe(path, raw, profile, list(overrides), sorted(profiles))
 
 
 def _check_depth(raw: dict, origin: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rtk.errors import RtkError, UnknownComponentError
-from rtk.config.recipe import Recipe, parse_value, set_dotted
+from rtk.config.recipe import Recipe, apply_overrides, parse_value
 
 # Keys the synthesised tables set themselves; --model-option / --data must not shadow them.
 RESERVED = {"--model-option": ("model", "weights", "num_classes", "data", "train", "objective"),
@@ -92,11 +92,7 @@ def eval_recipe(registry, *, model: str | None, model_option=(), weights: Path |
         "eval": {k: v for k, v in evaluation.items() if v is not None}
         | {"attacks": attack_tables(registry, tuple(attack), {k: v for k, v in values.items() if v is not None})},
     }
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise RtkError(f'--set "{item}": expected KEY=VALUE, e.g. --set eval.attack_order=sequential')
-        set_dotted(raw, key.strip(), parse_value(text.strip()), f"--set {item}")
+    apply_overrides(raw, overrides, "eval.attack_order=sequential")
     # The folder of this pseudo-path is the working directory, where relative paths are resolved.
     return Recipe(Path("rtk eval"), raw, None, list(overrides))
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtk.config.recipe import SEED_KEY  # the param [run] seeds sets: averaged, never an axis
 from rtk.errors import RtkError
 from rtk.services.results import metric_names
 from rtk.services.state import atomic_write
 
 LOG_SPAN = 100.0  # more than two decades between the smallest and largest positive x: log axis
-SEED_KEY = "run.seed"  # the param [run] seeds sets (rtk.config.recipe.SEED_KEY); averaged, never an axis
 POINT_AXIS = "point"  # the x-axis of a run that repeats one unswept point per seed
 LEGEND_INSIDE = 6  # more legend entries than this go below the panels
 

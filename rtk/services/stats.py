@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from rtk.config.recipe import UNBOUNDED_PAPER_METRICS
+from rtk.config.recipe import SEED_KEY, UNBOUNDED_PAPER_METRICS
 
 LEVEL = 0.95  # the confidence level of every interval that rtk reports ("ci95")
-SEED_PARAM = "run.seed"
 
 
 def binomial_interval(accuracy: float, n: int, level: float = LEVEL) -> tuple[float, float]:
@@ -168,7 +167,7 @@ def point_summary(group: list[dict]) -> dict:
         if found is not None:
             inside_paper[name] = found
     return {"point": first.get("point", first.get("id")),
-            "params": {k: v for k, v in (first.get("params") or {}).items() if k != SEED_PARAM},
+            "params": {k: v for k, v in (first.get("params") or {}).items() if k != SEED_KEY},
             "seeds": [run["seed"] for run in group if "seed" in run],
             "ids": [run.get("id") for run in group],
             "n_eval": min(n_evals) if n_evals else None,

@@ -346,7 +346,11 @@ class Curve:
 
 def clean_accuracy(model: nn.Module, data, ctx: RunContext, n: int, batch_size: int) -> float | None:
     """Accuracy of ``model`` in eval mode on the first ``n`` examples of ``data``; None when the
-    model's outputs are not class scores for these labels (a contrastive objective's model)."""
+    model's outputs are not class scores for these labels (a contrastive objective's model).
+
+    Not rtk.evaluation.robust_accuracy.evaluate (which rtk.stages.source.accuracy calls): that one
+    shares batches across ranks through collectives and keeps resume state in the run folder,
+    while this runs on rank 0 alone, in the middle of a training."""
     from rtk.data import load_batches
 
     count = min(n, len(data))
